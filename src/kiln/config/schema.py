@@ -1,0 +1,164 @@
+"""Typed configuration: one model per stage, every default in one place.
+
+A recipe lists only what differs from these defaults. Unknown keys are refused (``extra="forbid"``)
+so that a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class TextAugmentConfig(_Section):
+    # Augmentation methods applied to the train split only; empty means off.
+    methods: list[Literal["delete", "swap"]] = Field(default_factory=list)
+    # Chance that any one word is deleted / that a swap happens per word position.
+    word_prob: float = Field(default=0.1, ge=0.0, le=0.5)
+    # How many augmented copies of each training example to add.
+    copies: int = Field(default=1, ge=1, le=10)
+
+
+class ImageAugmentConfig(_Section):
+    # Largest random shift in pixels along each axis (0 turns shifting off).
+    max_shift_px: int = Field(default=0, ge=0, le=8)
+    # Standard deviation of Gaussian pixel noise on the 0..1 scale (0 turns noise off).
+    noise_std: float = Field(default=0.0, ge=0.0, le=0.5)
+
+
+class AugmentConfig(_Section):
+    # Text augmentation (train split only).
+    text: TextAugmentConfig = Field(default_factory=TextAugmentConfig)
+    # Image augmentation (train split only, drawn anew every epoch).
+    image: ImageAugmentConfig = Field(default_factory=ImageAugmentConfig)
+
+
+class DataConfig(_Section):
+    # Built-in dataset name (rotten_tomatoes, mnist5k, digits); leave empty when train_file is set.
+    dataset: str | None = None
+    # A user file (CSV, TSV, JSONL or Parquet) with all examples, or the train split.
+    train_file: str | None = None
+    # An optional user file holding the test split; otherwise the test split is carved out.
+    test_file: str | None = None
+    # File format; inferred from the file suffix when empty.
+    format: Literal["csv", "tsv", "jsonl", "parquet"] | None = None
+    # Text encoding of CSV/TSV/JSONL files (for example latin-1).
+    encoding: str = "utf-8"
+    # Whether the CSV/TSV file has a header row; without one, columns are named 0, 1, 2...
+    has_header: bool = True
+    # Column holding the input text.
+    text_column: str = "text"
+    # Column holding the label.
+    label_column: str = "label"
+    # Fraction of the examples held out for validation (taken from the train part).
+    val_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
+    # Fraction held out for test when there is no test_file.
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=0.5)
+    # Remove exact duplicate inputs (keeping the first) before splitting.
+    drop_duplicates: bool = True
+    # Use at most this many examples (stratified sample), for quick runs; empty means all.
+    max_examples: int | None = Field(default=None, ge=10)
+    # Augmentation of the train split; off by default.
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.dataset is None) == (self.train_file is None):
+            raise ValueError("set exactly one of data.dataset or data.train_file")
+        if self.test_file is not None and self.train_file is None:
+            raise ValueError("data.test_file needs data.train_file")
+        return self
+
+
+class CnnConfig(_Section):
+    # Output channels of each convolution block (each block halves the image size).
+    channels: list[int] = Field(default_factory=lambda: [32, 64])
+    # Width of the hidden fully connected layer.
+    hidden_size: int = Field(default=128, ge=8)
+    # Dropout before the classifier.
+    dropout: float = Field(default=0.25, ge=0.0, lt=1.0)
+
+
+class ModelConfig(_Section):
+    # pretrained: fine-tune an installed encoder; bert: build a BERT of `size` from config; cnn.
+    kind: Literal["pretrained", "bert", "cnn"] = "pretrained"
+    # Installed pretrained encoder name (minilm-l6) or a local folder with config + safetensors.
+    pretrained: str = "minilm-l6"
+    # Size of a BERT built from config (kind=bert).
+    size: Literal["tiny", "mini", "small", "base"] = "mini"
+    # Vocabulary size of the WordPiece tokenizer trained for kind=bert.
+    vocab_size: int = Field(default=8000, ge=100, le=100_000)
+    # Longest token sequence; longer texts are truncated.
+    max_length: int = Field(default=128, ge=8, le=512)
+    # Dropout inside the transformer and before the classifier (None keeps the model's own).
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+    # CNN settings (kind=cnn).
+    cnn: CnnConfig = Field(default_factory=CnnConfig)
+
+
+class TrainConfig(_Section):
+    # Passes over the training split.
+    epochs: int = Field(default=3, ge=1)
+    # Stop after this many optimizer steps (for quick runs); empty means no limit.
+    max_steps: int | None = Field(default=None, ge=1)
+    # Global batch size per optimizer step, across all processes and accumulation steps.
+    batch_size: int = Field(default=32, ge=1)
+    # Split each global batch into this many sequential micro-batches.
+    grad_accum_steps: int = Field(default=1, ge=1)
+    # Peak learning rate of AdamW.
+    lr: float = Field(default=5e-5, gt=0.0, le=1.0)
+    # AdamW decoupled weight decay (not applied to biases and norms).
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    # Fraction of all steps spent in linear warmup.
+    warmup_ratio: float = Field(default=0.06, ge=0.0, lt=1.0)
+    # Learning-rate decay after warmup.
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    # Clip the global gradient norm to this value (0 turns clipping off).
+    max_grad_norm: float = Field(default=1.0, ge=0.0)
+    # fp32, or bf16 autocast (fast on CPUs with AMX and on recent GPUs).
+    precision: Literal["fp32", "bf16"] = "fp32"
+    # Validation metric used for early stopping and the best checkpoint.
+    metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
+    # Stop after this many evaluations without improvement (0 turns early stopping off).
+    early_stopping_patience: int = Field(default=0, ge=0)
+    # Evaluate on the validation split every N optimizer steps as well as after each epoch.
+    eval_every_steps: int | None = Field(default=None, ge=1)
+    # Write a resumable checkpoint every N optimizer steps (and at each epoch end).
+    checkpoint_every_steps: int = Field(default=200, ge=1)
+    # How many step checkpoints to keep.
+    keep_checkpoints: int = Field(default=2, ge=1)
+    # Append a line to metrics.jsonl every N optimizer steps.
+    log_every_steps: int = Field(default=10, ge=1)
+    # Intra-op CPU threads per process; empty means cores divided by processes.
+    num_threads: int | None = Field(default=None, ge=1)
+    # Where the run folder goes; empty means $KILN_HOME/runs/<recipe name>.
+    output_dir: str | None = None
+    # Show a progress bar on the terminal.
+    progress: bool = True
+
+
+class EvalConfig(_Section):
+    # Batch size for evaluation.
+    batch_size: int = Field(default=64, ge=1)
+    # Number of confidence bins for the expected calibration error.
+    ece_bins: int = Field(default=15, ge=2)
+
+
+class Recipe(_Section):
+    # Name of the model this recipe makes; used for folder and registry names.
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    # Seed for splits, initialisation, shuffling, augmentation and dropout.
+    seed: int = 42
+    # Data loading and preparation.
+    data: DataConfig
+    # The model architecture.
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    # The training loop.
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    # Evaluation on the test split.
+    eval: EvalConfig = Field(default_factory=EvalConfig)

@@ -1,0 +1,23 @@
+"""Errors that Kiln reports to users.
+
+A ``KilnError`` carries a message that says what is wrong and where; the CLI prints it and
+exits with status 2. Anything else escaping a command is a bug in Kiln.
+"""
+
+
+class KilnError(Exception):
+    """A problem with the user's input (recipe, data, package) rather than with Kiln."""
+
+    exit_code = 2
+
+
+class ConfigError(KilnError):
+    """A recipe or override that does not validate."""
+
+
+class DataError(KilnError):
+    """A dataset that cannot be read or is unusable (missing column, empty, one class...)."""
+
+
+class PackageError(KilnError):
+    """A model package that is missing, incomplete or altered."""

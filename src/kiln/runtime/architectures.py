@@ -1,0 +1,104 @@
+"""Model architectures that packages can hold, built from the config stored in the package.
+
+Training builds models through these functions and the runtime rebuilds them the same way,
+so a package loads without the training code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+# BERT sizes after Turc et al. 2019 ("Well-Read Students Learn Better"), the sizes Google
+# released as compact BERTs: (layers, hidden, heads).
+BERT_SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (2, 128, 2),
+    "mini": (4, 256, 4),
+    "small": (4, 512, 8),
+    "base": (12, 768, 12),
+}
+
+
+class ConvNet(nn.Module):
+    """A small CNN: conv-BN-ReLU-maxpool blocks, then one hidden layer and the classifier."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        image_size: int,
+        num_labels: int,
+        channels: list[int],
+        hidden_size: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        size, prev = image_size, in_channels
+        for width in channels:
+            blocks += [
+                nn.Conv2d(prev, width, kernel_size=3, padding=1),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            prev, size = width, size // 2
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(prev * size * size, hidden_size),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_size, num_labels),
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(pixel_values))
+
+
+def build_cnn(params: dict[str, Any]) -> ConvNet:
+    """Build a ``ConvNet`` from the ``architecture.params`` mapping of a manifest."""
+    return ConvNet(
+        in_channels=int(params["in_channels"]),
+        image_size=int(params["image_size"]),
+        num_labels=int(params["num_labels"]),
+        channels=[int(c) for c in params["channels"]],
+        hidden_size=int(params["hidden_size"]),
+        dropout=float(params["dropout"]),
+    )
+
+
+def bert_config(
+    *, size: str, vocab_size: int, num_labels: int, max_length: int, dropout: float | None
+) -> Any:
+    """A ``BertConfig`` for a BERT of a named size (see ``BERT_SIZES``)."""
+    from transformers import BertConfig
+
+    layers, hidden, heads = BERT_SIZES[size]
+    drop = 0.1 if dropout is None else dropout
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 4,
+        max_position_embeddings=max(512, max_length),
+        hidden_dropout_prob=drop,
+        attention_probs_dropout_prob=drop,
+        num_labels=num_labels,
+    )
+
+
+def build_text_classifier(config: Any) -> nn.Module:
+    """A sequence classifier (randomly initialised) from a transformers config."""
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def logits_of(model: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Run a model on a feature dict and return its logits, whatever the model returns."""
+    out = model(**features)
+    return out if isinstance(out, torch.Tensor) else out.logits

@@ -1,0 +1,150 @@
+"""The model package: a folder that any stage can load without the code that made it.
+
+Layout: ``kiln.json`` (the manifest) beside the weights (``model.safetensors`` + ``config.json``,
+or ``model.onnx``) and the preprocessor's files (``tokenizer.json``). The manifest lists the
+sha256 of every other file; ``read_manifest(verify=True)`` refuses a package with a missing,
+extra-sized or altered file. Packages are written into a temporary sibling folder and renamed
+into place, so a crash never leaves half a package under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import PackageError
+
+MANIFEST_NAME = "kiln.json"
+SCHEMA_VERSION = 1
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_HASH_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_files(folder: Path) -> dict[str, str]:
+    """Map every file under ``folder`` except the manifest (POSIX relative path) to its sha256."""
+    return {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
+
+
+def package_digest(manifest: dict[str, Any]) -> str:
+    """A content hash of a whole package: sha256 over its canonical manifest (which lists file hashes)."""
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def read_manifest(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """Read a package's manifest and, by default, check every listed file's hash.
+
+    Raises:
+        PackageError: no manifest, unreadable manifest, unknown schema, or a missing or
+            altered file.
+    """
+    folder = Path(path)
+    manifest_path = folder / MANIFEST_NAME
+    if not folder.is_dir():
+        raise PackageError(f"model package not found: {folder} is not a folder")
+    if not manifest_path.is_file():
+        raise PackageError(f"{folder}: not a model package (no {MANIFEST_NAME})")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PackageError(f"{manifest_path}: manifest is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        found = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        raise PackageError(
+            f"{manifest_path}: unsupported schema_version {found!r}, expected {SCHEMA_VERSION}"
+        )
+    if verify:
+        verify_files(folder, manifest)
+    return manifest
+
+
+def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+    """Check that each file in ``manifest["files"]`` exists with the recorded sha256."""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise PackageError(f"{folder / MANIFEST_NAME}: manifest lists no files")
+    for rel, expected in files.items():
+        target = folder / rel
+        if not target.is_file():
+            raise PackageError(f"{folder}: file {rel} listed in the manifest is missing")
+        actual = sha256_file(target)
+        if actual != expected:
+            raise PackageError(
+                f"{folder}: file {rel} was altered (sha256 {actual[:12]}..., "
+                f"manifest says {expected[:12]}...)"
+            )
+
+
+@contextlib.contextmanager
+def staged_package(dest: str | Path) -> Iterator[Path]:
+    """Yield an empty staging folder; on success, ``finalize_package`` must have written it.
+
+    The staging folder sits beside ``dest`` (same filesystem, so the final rename is atomic)
+    and is removed if the block raises, so nothing half-written is left behind.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    try:
+        yield staging
+        if not (staging / MANIFEST_NAME).is_file():
+            raise RuntimeError("staged package was not finalized (no manifest written)")
+        _swap_into_place(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def finalize_package(staging: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Hash the staged files, add schema/version/file list to ``manifest`` and write it."""
+    from kiln import __version__
+
+    full = dict(manifest)
+    full["schema_version"] = SCHEMA_VERSION
+    full["kiln_version"] = __version__
+    full["files"] = hash_files(staging)
+    write_json_atomic(staging / MANIFEST_NAME, full)
+    return full
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=False, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _swap_into_place(staging: Path, dest: Path) -> None:
+    if not dest.exists():
+        os.replace(staging, dest)
+        return
+    # A directory cannot be atomically replaced by rename; move the old one aside first so
+    # that at every instant `dest` is either the complete old or the complete new package.
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(dest, old)
+    os.replace(staging, dest)
+    shutil.rmtree(old, ignore_errors=True)

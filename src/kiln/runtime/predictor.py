@@ -1,0 +1,121 @@
+"""``load(package) -> Predictor``: the only code that runs a package, for every stage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from kiln.runtime.package import read_manifest
+from kiln.runtime.preprocessing import ImagePreprocessor, TextPreprocessor, make_preprocessor
+
+
+class Engine(Protocol):
+    """Runs model features to logits; one implementation per package format."""
+
+    def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+class TorchEngine:
+    """Runs a PyTorch module in inference mode on one device."""
+
+    def __init__(self, model: Any, device: Any) -> None:
+        self.model = model.to(device)
+        self.device = device
+
+    def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        from kiln.runtime.architectures import logits_of
+
+        with torch.inference_mode():
+            tensors = {k: torch.from_numpy(v).to(self.device) for k, v in features.items()}
+            return logits_of(self.model, tensors).float().cpu().numpy()
+
+
+class Predictor:
+    """A loaded package: raw inputs in, labels and class probabilities out."""
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        manifest: dict[str, Any],
+        preprocessor: TextPreprocessor | ImagePreprocessor,
+        engine: Engine,
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.preprocessor = preprocessor
+        self.engine = engine
+        self.labels: list[str] = list(manifest["labels"])
+        self.task: str = manifest["task"]
+
+    def predict_proba(self, inputs: Sequence[Any]) -> np.ndarray:
+        """Class probabilities, shape (len(inputs), len(labels))."""
+        logits = self.engine(self.preprocessor(inputs))
+        if logits.shape != (len(inputs), len(self.labels)):
+            raise RuntimeError(
+                f"model returned logits of shape {logits.shape} for {len(inputs)} inputs "
+                f"and {len(self.labels)} labels"
+            )
+        return _softmax(logits)
+
+    def predict(self, inputs: Sequence[Any]) -> list[dict[str, Any]]:
+        """One ``{"label": str, "scores": {label: probability}}`` per raw input."""
+        probs = self.predict_proba(inputs)
+        results = []
+        for row in probs:
+            results.append(
+                {
+                    "label": self.labels[int(row.argmax())],
+                    "scores": {lab: float(p) for lab, p in zip(self.labels, row, strict=True)},
+                }
+            )
+        return results
+
+
+def load(
+    path: str | Path,
+    *,
+    device: str | None = None,
+    num_threads: int | None = None,
+    verify: bool = True,
+) -> Predictor:
+    """Load a model package folder into a ``Predictor``.
+
+    Args:
+        path: the package folder (holding ``kiln.json``).
+        device: ``cpu``, ``cuda``...; CUDA when present if empty.
+        num_threads: intra-op threads for the engine; the library default if empty.
+        verify: check every file's sha256 against the manifest first.
+
+    Raises:
+        PackageError: the package is missing, incomplete or altered.
+    """
+    folder = Path(path)
+    manifest = read_manifest(folder, verify=verify)
+    preprocessor = make_preprocessor(folder, manifest)
+    fmt = manifest.get("format")
+    if fmt == "torch":
+        import torch
+
+        from kiln.runtime.weights import load_torch_model, pick_device
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        dev = pick_device(device)
+        engine: Engine = TorchEngine(load_torch_model(folder, manifest), dev)
+    else:
+        from kiln.errors import PackageError
+
+        raise PackageError(f"{folder}: unsupported package format {fmt!r}")
+    return Predictor(path=folder, manifest=manifest, preprocessor=preprocessor, engine=engine)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)

@@ -1,0 +1,109 @@
+"""Turn raw inputs (text, pixel arrays) into model features, the same way everywhere.
+
+Training, evaluation, serving and monitoring all use these classes, so a model never sees
+features prepared differently from how it was trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kiln.errors import KilnError
+
+
+class InputError(KilnError):
+    """Raw inputs that do not match the package's input schema."""
+
+
+class TextPreprocessor:
+    """Tokenize raw strings with a HF ``tokenizers`` file; pads to the longest in the batch."""
+
+    def __init__(self, tokenizer_file: str | Path, max_length: int) -> None:
+        from tokenizers import Tokenizer
+
+        self.max_length = max_length
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=max_length)
+        self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text (truncated, unpadded)."""
+        _check_texts(texts)
+        return [enc.ids for enc in self.tokenizer.encode_batch(list(texts))]
+
+    def collate(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        """Pad token id lists into ``input_ids`` and ``attention_mask`` arrays."""
+        longest = max((len(x) for x in ids), default=1)
+        input_ids = np.full((len(ids), longest), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), longest), dtype=np.int64)
+        for row, seq in enumerate(ids):
+            input_ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    def __call__(self, texts: Sequence[Any]) -> dict[str, np.ndarray]:
+        return self.collate(self.encode(texts))
+
+
+class ImagePreprocessor:
+    """Scale raw pixel arrays to 0..1 and normalise them into ``pixel_values`` (N, C, H, W)."""
+
+    def __init__(
+        self, *, shape: Sequence[int], max_value: float, mean: float, std: float
+    ) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self.max_value = float(max_value)
+        self.mean = float(mean)
+        self.std = float(std)
+
+    def to_unit(self, images: Sequence[Any]) -> np.ndarray:
+        """Raw images (nested lists or arrays, flat or shaped) as float32 in 0..1, shape (N,C,H,W)."""
+        if isinstance(images, (str, bytes)) or len(images) == 0:
+            raise InputError("expected a non-empty list of images")
+        size = int(np.prod(self.shape))
+        out = np.empty((len(images), *self.shape), dtype=np.float32)
+        for i, image in enumerate(images):
+            try:
+                arr = np.asarray(image, dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"image {i}: not a numeric array ({exc})") from None
+            if arr.size != size:
+                raise InputError(
+                    f"image {i}: expected {size} pixels (shape {list(self.shape)}), got {arr.size}"
+                )
+            out[i] = arr.reshape(self.shape) / self.max_value
+        return out
+
+    def normalize(self, unit: np.ndarray) -> dict[str, np.ndarray]:
+        """Features from images already on the 0..1 scale."""
+        return {"pixel_values": ((unit - self.mean) / self.std).astype(np.float32)}
+
+    def __call__(self, images: Sequence[Any]) -> dict[str, np.ndarray]:
+        return self.normalize(self.to_unit(images))
+
+
+def make_preprocessor(folder: Path, manifest: dict[str, Any]) -> TextPreprocessor | ImagePreprocessor:
+    """The preprocessor a package's manifest describes."""
+    prep = manifest["preprocessing"]
+    if prep["kind"] == "text":
+        return TextPreprocessor(folder / prep["tokenizer_file"], int(prep["max_length"]))
+    if prep["kind"] == "image":
+        return ImagePreprocessor(
+            shape=prep["shape"], max_value=prep["max_value"], mean=prep["mean"], std=prep["std"]
+        )
+    raise InputError(f"unknown preprocessing kind {prep['kind']!r}")
+
+
+def _check_texts(texts: Sequence[Any]) -> None:
+    if isinstance(texts, (str, bytes)):
+        raise InputError("expected a list of strings, got a single string")
+    if len(texts) == 0:
+        raise InputError("expected a non-empty list of strings")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"input {i}: expected a string, got {type(text).__name__}")

@@ -1,0 +1,64 @@
+"""Save and load PyTorch weights in a package: safetensors plus architecture config, never pickle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kiln.errors import PackageError
+from kiln.runtime.architectures import build_cnn, build_text_classifier
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+def save_torch_model(model: nn.Module, folder: Path, architecture: dict[str, Any]) -> dict[str, Any]:
+    """Write ``model``'s weights (and HF config) into ``folder``; return the manifest entry."""
+    from safetensors.torch import save_file
+
+    if architecture["family"] == "hf":
+        model.config.to_json_file(str(folder / "config.json"))  # type: ignore[operator]
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    return dict(architecture, weights=WEIGHTS_NAME)
+
+
+def load_torch_model(folder: Path, manifest: dict[str, Any]) -> nn.Module:
+    """Rebuild the architecture a manifest names and load its safetensors weights (eval mode)."""
+    from safetensors.torch import load_file
+
+    arch = manifest["architecture"]
+    if arch["family"] == "hf":
+        from transformers import AutoConfig
+
+        model = build_text_classifier(AutoConfig.from_pretrained(str(folder)))
+    elif arch["family"] == "cnn":
+        model = build_cnn(arch["params"])
+    else:
+        raise PackageError(f"{folder}: unknown architecture family {arch['family']!r}")
+    state = load_file(str(folder / arch["weights"]))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Buffers such as BERT's position_ids may be absent from older checkpoints; real weights
+    # must all be there.
+    real_missing = [k for k in missing if not k.endswith("position_ids")]
+    if real_missing or unexpected:
+        raise PackageError(
+            f"{folder}: weights do not match the architecture "
+            f"(missing {real_missing[:3]}, unexpected {list(unexpected)[:3]})"
+        )
+    model.eval()
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters in a model."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def pick_device(device: str | None) -> torch.device:
+    """``device`` if given, else CUDA when present, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
