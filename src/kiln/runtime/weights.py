@@ -62,3 +62,34 @@ def pick_device(device: str | None) -> torch.device:
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def write_torch_package(
+    dest: str | Path,
+    *,
+    model: nn.Module,
+    architecture: dict[str, Any],
+    manifest: dict[str, Any],
+    extra_files: dict[str, Path] | None = None,
+) -> dict[str, Any]:
+    """Write a complete torch-format package atomically and return its final manifest.
+
+    Args:
+        dest: the package folder to create (replaced atomically if it exists).
+        model: the module whose weights to save.
+        architecture: ``{"family": "hf"}`` or ``{"family": "cnn", "params": {...}}``.
+        manifest: every other manifest field (task, labels, preprocessing, lineage, ...).
+        extra_files: files to copy in, by their name inside the package (e.g. tokenizer.json).
+    """
+    import shutil
+
+    from kiln.runtime.package import finalize_package, staged_package
+
+    with staged_package(dest) as staging:
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, staging / name)
+        arch = save_torch_model(model, staging, architecture)
+        full = finalize_package(
+            staging, dict(manifest, format="torch", architecture=arch)
+        )
+    return full
