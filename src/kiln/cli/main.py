@@ -27,9 +27,7 @@ app = typer.Typer(
 recipe_app = typer.Typer(help="Inspect and validate recipes.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 
-Overrides = Annotated[
-    list[str] | None, typer.Argument(help="Overrides such as train.epochs=1 data.max_examples=500")
-]
+Overrides = Annotated[list[str] | None, typer.Argument(help="Overrides such as train.epochs=1 data.max_examples=500")]
 
 
 @contextlib.contextmanager
@@ -53,6 +51,143 @@ def recipe_validate(
     with user_errors():
         cfg = load_recipe(recipe, overrides)
     typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file")],
+    overrides: Overrides = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint")] = False,
+    nproc_per_node: Annotated[
+        int, typer.Option("--nproc-per-node", min=1, help="Data-parallel processes on this machine")
+    ] = 1,
+    nnodes: Annotated[int, typer.Option("--nnodes", min=1, help="Machines taking part")] = 1,
+    node_rank: Annotated[int, typer.Option("--node-rank", min=0, help="This machine's rank")] = 0,
+    master_addr: Annotated[str, typer.Option("--master-addr", help="Address of the rank-0 machine")] = "127.0.0.1",
+    master_port: Annotated[int, typer.Option("--master-port", help="Port of the rank-0 machine")] = 29500,
+) -> None:
+    """Train the recipe's model and write its package."""
+    import os
+
+    from kiln.config import load_recipe
+
+    with user_errors():
+        cfg = load_recipe(recipe, overrides)
+        wants_workers = nproc_per_node > 1 or nnodes > 1
+        if wants_workers and "WORLD_SIZE" not in os.environ:
+            import kiln.data
+            from kiln.train.distributed import launch
+
+            kiln.data.run(cfg)  # fail fast, with exit code 2, on bad data before starting workers
+            argv = ["train", str(recipe), *(overrides or []), *(["--resume"] if resume else [])]
+            code = launch(
+                argv,
+                nproc_per_node=nproc_per_node,
+                nnodes=nnodes,
+                node_rank=node_rank,
+                master_addr=master_addr,
+                master_port=master_port,
+            )
+            raise typer.Exit(code)
+        import kiln.train
+
+        result = kiln.train.run(cfg, resume=resume)
+    if result.package_dir is not None:
+        _print_metrics("validation", result.metrics)
+        typer.echo(f"package: {result.package_dir}")
+
+
+@app.command("eval")
+def eval_(
+    package: Annotated[Path, typer.Argument(help="Model package folder")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Labelled CSV/TSV/JSONL/Parquet file; default: the recipe's test split"),
+    ] = None,
+    text_column: Annotated[str, typer.Option(help="Text column in --data")] = "text",
+    label_column: Annotated[str, typer.Option(help="Label column in --data")] = "label",
+    encoding: Annotated[str, typer.Option(help="Encoding of --data")] = "utf-8",
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", help="Where report.json and confusion_matrix.png go")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON")] = False,
+) -> None:
+    """Evaluate a package: accuracy, macro-F1, per-class precision/recall, confusion matrix, ECE."""
+    import kiln.evaluate
+
+    with user_errors():
+        result = kiln.evaluate.run(
+            kiln.evaluate.EvaluationConfig(
+                package=package,
+                data_file=data,
+                text_column=text_column,
+                label_column=label_column,
+                encoding=encoding,
+                output_dir=output_dir,
+            )
+        )
+    if as_json:
+        typer.echo(json.dumps(result.report, indent=2))
+        return
+    _print_report(result.report)
+    typer.echo(f"report: {result.output_dir / 'report.json'}")
+    typer.echo(f"confusion matrix: {result.output_dir / 'confusion_matrix.png'}")
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file")],
+    overrides: Overrides = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue training from the last checkpoint")] = False,
+) -> None:
+    """Run the pipeline: data -> train -> evaluate on the test split."""
+    from kiln.config import load_recipe
+    from kiln.pipeline import run_pipeline
+
+    with user_errors():
+        result = run_pipeline(load_recipe(recipe, overrides), resume=resume)
+    _print_report(result.report)
+    typer.echo(f"package: {result.package_dir}")
+    typer.echo(f"test accuracy: {result.report['accuracy']:.4f}")
+
+
+@app.command()
+def predict(
+    package: Annotated[Path, typer.Argument(help="Model package folder")],
+    inputs: Annotated[list[str], typer.Argument(help="Raw texts to classify")],
+) -> None:
+    """Classify raw texts with a package and print one JSON result per line."""
+    from kiln.runtime import load
+
+    with user_errors():
+        predictor = load(package)
+        for text, result in zip(inputs, predictor.predict(inputs), strict=True):
+            typer.echo(json.dumps({"input": text, **result}))
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    typer.echo(f"{title}: {shown}")
+
+
+def _print_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    summary = Table(title=f"{report.get('name')} on {report['data']} (n={report['n']})")
+    for column in ("accuracy", "macro-F1", "ECE"):
+        summary.add_column(column, justify="right")
+    summary.add_row(f"{report['accuracy']:.4f}", f"{report['macro_f1']:.4f}", f"{report['ece']:.4f}")
+    console.print(summary)
+    per_class = Table(title="per class")
+    for column in ("label", "precision", "recall", "f1", "support"):
+        per_class.add_column(column, justify="right" if column != "label" else "left")
+    for name, row in report["per_class"].items():
+        per_class.add_row(
+            name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"])
+        )
+    console.print(per_class)
 
 
 def main() -> None:

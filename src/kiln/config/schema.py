@@ -91,6 +91,8 @@ class ModelConfig(_Section):
     pretrained: str = "minilm-l6"
     # Size of a BERT built from config (kind=bert).
     size: Literal["tiny", "mini", "small", "base"] = "mini"
+    # A tokenizer.json to use for kind=bert instead of training a WordPiece tokenizer.
+    tokenizer_file: str | None = None
     # Vocabulary size of the WordPiece tokenizer trained for kind=bert.
     vocab_size: int = Field(default=8000, ge=100, le=100_000)
     # Longest token sequence; longer texts are truncated.

@@ -140,8 +140,7 @@ def _check_usable(raw: RawData) -> None:
     classes = set(raw.labels)
     if len(classes) < 2:
         raise DataError(
-            f"{raw.origin}: only one class ({next(iter(classes))!r}) in the labels; "
-            "classification needs at least two"
+            f"{raw.origin}: only one class ({next(iter(classes))!r}) in the labels; classification needs at least two"
         )
 
 

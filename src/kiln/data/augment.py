@@ -47,9 +47,7 @@ def augment_texts(
     return out_texts, np.concatenate(out_labels)
 
 
-def augment_images(
-    images: np.ndarray, cfg: ImageAugmentConfig, rng: np.random.Generator
-) -> np.ndarray:
+def augment_images(images: np.ndarray, cfg: ImageAugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """Randomly shift (zero fill) and add Gaussian noise to images on the 0..1 scale (N,C,H,W)."""
     out = images
     if cfg.max_shift_px > 0:

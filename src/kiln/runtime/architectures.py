@@ -70,9 +70,7 @@ def build_cnn(params: dict[str, Any]) -> ConvNet:
     )
 
 
-def bert_config(
-    *, size: str, vocab_size: int, num_labels: int, max_length: int, dropout: float | None
-) -> Any:
+def bert_config(*, size: str, vocab_size: int, num_labels: int, max_length: int, dropout: float | None) -> Any:
     """A ``BertConfig`` for a BERT of a named size (see ``BERT_SIZES``)."""
     from transformers import BertConfig
 

@@ -69,9 +69,7 @@ def read_manifest(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
         raise PackageError(f"{manifest_path}: manifest is not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
         found = manifest.get("schema_version") if isinstance(manifest, dict) else None
-        raise PackageError(
-            f"{manifest_path}: unsupported schema_version {found!r}, expected {SCHEMA_VERSION}"
-        )
+        raise PackageError(f"{manifest_path}: unsupported schema_version {found!r}, expected {SCHEMA_VERSION}")
     if verify:
         verify_files(folder, manifest)
     return manifest
@@ -89,8 +87,7 @@ def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
         actual = sha256_file(target)
         if actual != expected:
             raise PackageError(
-                f"{folder}: file {rel} was altered (sha256 {actual[:12]}..., "
-                f"manifest says {expected[:12]}...)"
+                f"{folder}: file {rel} was altered (sha256 {actual[:12]}..., manifest says {expected[:12]}...)"
             )
 
 

@@ -58,8 +58,7 @@ class Predictor:
         logits = self.engine(self.preprocessor(inputs))
         if logits.shape != (len(inputs), len(self.labels)):
             raise RuntimeError(
-                f"model returned logits of shape {logits.shape} for {len(inputs)} inputs "
-                f"and {len(self.labels)} labels"
+                f"model returned logits of shape {logits.shape} for {len(inputs)} inputs and {len(self.labels)} labels"
             )
         return _softmax(logits)
 

@@ -53,9 +53,7 @@ class TextPreprocessor:
 class ImagePreprocessor:
     """Scale raw pixel arrays to 0..1 and normalise them into ``pixel_values`` (N, C, H, W)."""
 
-    def __init__(
-        self, *, shape: Sequence[int], max_value: float, mean: float, std: float
-    ) -> None:
+    def __init__(self, *, shape: Sequence[int], max_value: float, mean: float, std: float) -> None:
         self.shape = tuple(int(s) for s in shape)
         self.max_value = float(max_value)
         self.mean = float(mean)
@@ -73,9 +71,7 @@ class ImagePreprocessor:
             except (TypeError, ValueError) as exc:
                 raise InputError(f"image {i}: not a numeric array ({exc})") from None
             if arr.size != size:
-                raise InputError(
-                    f"image {i}: expected {size} pixels (shape {list(self.shape)}), got {arr.size}"
-                )
+                raise InputError(f"image {i}: expected {size} pixels (shape {list(self.shape)}), got {arr.size}")
             out[i] = arr.reshape(self.shape) / self.max_value
         return out
 
@@ -93,9 +89,7 @@ def make_preprocessor(folder: Path, manifest: dict[str, Any]) -> TextPreprocesso
     if prep["kind"] == "text":
         return TextPreprocessor(folder / prep["tokenizer_file"], int(prep["max_length"]))
     if prep["kind"] == "image":
-        return ImagePreprocessor(
-            shape=prep["shape"], max_value=prep["max_value"], mean=prep["mean"], std=prep["std"]
-        )
+        return ImagePreprocessor(shape=prep["shape"], max_value=prep["max_value"], mean=prep["mean"], std=prep["std"])
     raise InputError(f"unknown preprocessing kind {prep['kind']!r}")
 
 

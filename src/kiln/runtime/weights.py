@@ -89,7 +89,5 @@ def write_torch_package(
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, staging / name)
         arch = save_torch_model(model, staging, architecture)
-        full = finalize_package(
-            staging, dict(manifest, format="torch", architecture=arch)
-        )
+        full = finalize_package(staging, dict(manifest, format="torch", architecture=arch))
     return full

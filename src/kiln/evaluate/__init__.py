@@ -1,0 +1,99 @@
+"""The evaluation stage: ``run(config) -> EvalResult`` scores a package on labelled data.
+
+Predictions go through ``kiln.runtime.load`` — the same code that serves the model — so the
+numbers here are the numbers users get.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kiln.errors import DataError
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What to evaluate and on which data."""
+
+    package: Path  # the package folder
+    data_file: Path | None = None  # a labelled user file; default: the test split of the package's recipe
+    text_column: str = "text"  # column with the input text in data_file
+    label_column: str = "label"  # column with the label in data_file
+    encoding: str = "utf-8"  # encoding of data_file
+    output_dir: Path | None = None  # where report.json and confusion_matrix.png go
+    batch_size: int = 64  # inputs per predict call
+    ece_bins: int = 15  # confidence bins for the expected calibration error
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The report and where it was written."""
+
+    report: dict[str, Any]
+    output_dir: Path
+
+
+def run(cfg: EvaluationConfig) -> EvalResult:
+    """Load the package, predict on the evaluation data, compute metrics, write the report."""
+    from kiln.evaluate.metrics import classification_report, plot_confusion_matrix
+    from kiln.runtime import load
+
+    predictor = load(cfg.package)
+    inputs, y_true, source, fingerprint_ok = _evaluation_data(cfg, predictor.manifest, predictor.labels)
+    probs = np.concatenate(
+        [predictor.predict_proba(inputs[i : i + cfg.batch_size]) for i in range(0, len(inputs), cfg.batch_size)]
+    )
+    report = classification_report(y_true, probs, predictor.labels, cfg.ece_bins)
+    report = {
+        "package": str(cfg.package),
+        "name": predictor.manifest.get("name"),
+        "data": source,
+        "data_fingerprint_matches": fingerprint_ok,
+        **report,
+    }
+    out = cfg.output_dir or cfg.package.parent / f"{cfg.package.name}-eval"
+    out.mkdir(parents=True, exist_ok=True)
+    plot_confusion_matrix(report["confusion_matrix"], predictor.labels, str(out / "confusion_matrix.png"))
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return EvalResult(report=report, output_dir=out)
+
+
+def _evaluation_data(
+    cfg: EvaluationConfig, manifest: dict[str, Any], labels: list[str]
+) -> tuple[Any, np.ndarray, str, bool | None]:
+    from kiln.data.splits import encode_labels
+
+    if cfg.data_file is not None:
+        if manifest["task"] != "text-classification":
+            raise DataError(
+                "--data files are supported for text packages; image packages use their recipe's test split"
+            )
+        from kiln.data.sources import load_text_file
+
+        raw = load_text_file(
+            cfg.data_file,
+            fmt=None,
+            encoding=cfg.encoding,
+            has_header=True,
+            text_column=cfg.text_column,
+            label_column=cfg.label_column,
+        )
+        if not raw.labels:
+            raise DataError(f"{cfg.data_file}: no labelled rows to evaluate")
+        return raw.inputs, encode_labels(raw.labels, labels, str(cfg.data_file)), str(cfg.data_file), None
+
+    import kiln.data
+    from kiln.config import parse_recipe
+
+    if not manifest.get("recipe"):
+        raise DataError(f"{cfg.package}: the package records no recipe; pass --data FILE to evaluate it")
+    dataset = kiln.data.run(parse_recipe(manifest["recipe"], source=f"{cfg.package}/kiln.json recipe"))
+    if dataset.label_names != labels:
+        raise DataError(f"{cfg.package}: the recipe's data now has different labels than the package")
+    matches = dataset.fingerprint == manifest.get("data_fingerprint")
+    return dataset.test.inputs, dataset.test.labels, f"test split of {dataset.origin}", matches

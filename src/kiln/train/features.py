@@ -1,0 +1,50 @@
+"""Turn split indices into model-ready tensors: dynamic padding for text, augmentation for images."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kiln.config.schema import ImageAugmentConfig
+from kiln.data.augment import augment_images
+from kiln.runtime.preprocessing import ImagePreprocessor, TextPreprocessor
+
+
+class TextFeatures:
+    """Texts tokenized once up front; each batch is padded only to its own longest text."""
+
+    def __init__(self, preprocessor: TextPreprocessor, texts: list[str]) -> None:
+        self.preprocessor = preprocessor
+        self.ids = preprocessor.encode(texts)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, index: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        arrays = self.preprocessor.collate([self.ids[i] for i in index])
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+class ImageFeatures:
+    """Images kept on the 0..1 scale; train batches are augmented with the given generator."""
+
+    def __init__(
+        self,
+        preprocessor: ImagePreprocessor,
+        images: np.ndarray,
+        augment: ImageAugmentConfig | None = None,
+    ) -> None:
+        self.preprocessor = preprocessor
+        self.unit = preprocessor.to_unit(images)
+        self.augment = augment
+        self.is_augmented = augment is not None and (augment.max_shift_px > 0 or augment.noise_std > 0)
+
+    def __len__(self) -> int:
+        return len(self.unit)
+
+    def batch(self, index: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        unit = self.unit[index]
+        if self.is_augmented and rng is not None:
+            assert self.augment is not None
+            unit = augment_images(unit, self.augment, rng)
+        return {k: torch.from_numpy(v) for k, v in self.preprocessor.normalize(unit).items()}

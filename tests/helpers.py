@@ -1,0 +1,72 @@
+"""Small recipes and subprocess helpers shared by the training and CLI tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def tiny_text_recipe(run_dir: Path, **train: Any) -> dict[str, Any]:
+    """A fast text recipe: a tiny BERT trained from scratch on 300 Rotten Tomatoes snippets."""
+    return {
+        "name": "tiny-text",
+        "seed": 7,
+        "data": {"dataset": "rotten_tomatoes", "max_examples": 300},
+        "model": {"kind": "bert", "size": "tiny", "vocab_size": 400, "max_length": 32},
+        "train": {
+            "epochs": 2,
+            "batch_size": 16,
+            "lr": 1e-3,
+            "num_threads": 1,
+            "progress": False,
+            "output_dir": str(run_dir),
+            **train,
+        },
+    }
+
+
+def tiny_image_recipe(run_dir: Path, **train: Any) -> dict[str, Any]:
+    """A fast image recipe: a small CNN on scikit-learn's 8x8 digits."""
+    return {
+        "name": "tiny-digits",
+        "seed": 3,
+        "data": {"dataset": "digits"},
+        "model": {"kind": "cnn", "cnn": {"channels": [8, 16], "hidden_size": 32, "dropout": 0.1}},
+        "train": {
+            "epochs": 2,
+            "batch_size": 32,
+            "lr": 3e-3,
+            "num_threads": 1,
+            "progress": False,
+            "output_dir": str(run_dir),
+            **train,
+        },
+    }
+
+
+def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def kiln_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``kiln`` command in a subprocess."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "kiln.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=timeout,
+    )

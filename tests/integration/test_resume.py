@@ -1,0 +1,60 @@
+"""Kill training with SIGKILL mid-run, resume it, and get the weights of an uninterrupted run."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tests.helpers import kiln_cli, tiny_text_recipe, write_recipe
+
+from kiln.config import parse_recipe
+from kiln.train import run as train_run
+
+pytestmark = pytest.mark.slow
+
+
+def _recipe(run_dir: Path, tokenizer: Path) -> dict:
+    raw = tiny_text_recipe(run_dir, epochs=4, checkpoint_every_steps=3, keep_checkpoints=2, log_every_steps=1)
+    raw["model"]["tokenizer_file"] = str(tokenizer)
+    return raw
+
+
+def test_train_killed_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
+    train_run(parse_recipe(tiny_text_recipe(tmp_path / "tok", max_steps=1)))
+    tokenizer = tmp_path / "tok" / "tokenizer.json"
+
+    reference = train_run(parse_recipe(_recipe(tmp_path / "reference", tokenizer)))
+
+    run_dir = tmp_path / "interrupted"
+    recipe_path = write_recipe(tmp_path / "recipe.yaml", _recipe(run_dir, tokenizer))
+    proc = subprocess.Popen([sys.executable, "-m", "kiln.cli.main", "train", str(recipe_path)])
+    target = run_dir / "checkpoints" / "step-00000009"
+    deadline = time.monotonic() + 300
+    while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "training finished before it could be killed"
+    assert not (run_dir / "package").exists()
+
+    resumed = kiln_cli("train", str(recipe_path), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run_dir / "package" / "kiln.json").is_file()
+
+    expected = load_file(str(reference.package_dir / "model.safetensors"))
+    actual = load_file(str(run_dir / "package" / "model.safetensors"))
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], atol=1e-6, rtol=1e-5)
+    steps = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"type": "train"' in line]
+    assert len(steps) == reference.steps  # no step logged twice after resuming
+
+
+def test_train_resume_without_checkpoint_starts_fresh(tmp_path: Path) -> None:
+    recipe_path = write_recipe(tmp_path / "r.yaml", tiny_text_recipe(tmp_path / "run", max_steps=2))
+    result = kiln_cli("train", str(recipe_path), "--resume")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "package" / "kiln.json").is_file()
