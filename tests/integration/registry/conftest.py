@@ -7,6 +7,7 @@ create databases) replaces it. Each test gets its own fresh database either way.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -138,7 +139,7 @@ def write_package(
 
     with staged_package(dest) as staging:
         (staging / "weights.bin").write_bytes(payload)
-        (staging / "config.json").write_text('{"size": %d}' % len(payload))
+        (staging / "config.json").write_text(json.dumps({"size": len(payload)}))
         finalize_package(
             staging,
             {

@@ -23,7 +23,9 @@ def test_store_interface_refuses_incomplete_implementation() -> None:
     [("sentiment@3", 3, None), ("sentiment@production", None, "production"),
      ("a.b-c_d@latest", None, "latest")],
 )
-def test_reference_parses_version_and_alias(ref: str, version: int | None, alias: str | None) -> None:
+def test_reference_parses_version_and_alias(
+    ref: str, version: int | None, alias: str | None
+) -> None:
     parsed = parse_reference(ref)
     assert (parsed.version, parsed.alias, str(parsed)) == (version, alias, ref)
 
