@@ -1,0 +1,151 @@
+"""Database engines and migrations: SQLite (WAL) under ``KILN_HOME`` or PostgreSQL by URL.
+
+Write transactions on SQLite start with ``BEGIN IMMEDIATE`` so that two writers never both hold
+a read snapshot and then fail to upgrade it (SQLITE_BUSY); they queue on ``busy_timeout``
+instead. Read transactions use a plain deferred ``BEGIN`` and run beside writers under WAL.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+from kiln.registry.errors import RegistryError
+
+HOME_ENV = "KILN_HOME"
+DATABASE_URL_ENV = "KILN_DATABASE_URL"
+DB_FILE_NAME = "registry.db"
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+WRITE_OPTION = "kiln_write"
+# Any constant: the key of the PostgreSQL advisory lock held while migrating.
+_MIGRATION_LOCK_KEY = 7_365_201
+
+
+def kiln_home() -> Path:
+    """The Kiln home folder: ``$KILN_HOME`` or ``./.kiln``."""
+    return Path(os.environ.get(HOME_ENV) or ".kiln")
+
+
+def database_url(url: str | None = None) -> str:
+    """``url``, else ``$KILN_DATABASE_URL``, else SQLite at ``$KILN_HOME/registry.db``."""
+    chosen = url or os.environ.get(DATABASE_URL_ENV)
+    if chosen:
+        return chosen
+    return f"sqlite:///{(kiln_home() / DB_FILE_NAME).resolve()}"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for a SQLite or PostgreSQL URL, with Kiln's connection settings."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises several types here
+        raise RegistryError(f"registry database URL {url!r} is not valid: {exc}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True)
+    if backend == "sqlite":
+        return _sqlite_engine(parsed.database)
+    raise RegistryError(
+        f"registry database URL {url!r}: unsupported backend {backend!r} (use sqlite or postgresql)"
+    )
+
+
+def _sqlite_engine(database: str | None) -> Engine:
+    if not database or database == ":memory:":
+        raise RegistryError("the registry needs a SQLite file, not an in-memory database")
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{database}")
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below, not the sqlite3 module, open transactions.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        is_write = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if is_write else "BEGIN")
+
+    return engine
+
+
+def is_postgresql(engine: Engine) -> bool:
+    """Whether ``engine`` talks to PostgreSQL."""
+    return engine.dialect.name == "postgresql"
+
+
+def _alembic_config(connection: Connection) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration shipped with this Kiln."""
+    from alembic.script import ScriptDirectory
+
+    cfg = _alembic_config(None)  # type: ignore[arg-type]
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The migration the database is at, or None for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def migrate(engine: Engine) -> tuple[str | None, str]:
+    """Upgrade the schema to the newest migration; return (revision before, revision after).
+
+    Safe to run from several processes at once: they serialise on a database lock.
+    """
+    from alembic import command
+
+    with engine.connect() as conn:
+        conn.execution_options(**{WRITE_OPTION: True})
+        with conn.begin():
+            if is_postgresql(engine):
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+            before = current_revision(conn)
+            command.upgrade(_alembic_config(conn), "head")
+            after = current_revision(conn)
+    assert after is not None
+    return before, after
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Migrate an empty database; refuse one at an older or unknown revision.
+
+    Raises:
+        RegistryError: the database needs ``kiln registry migrate`` or is from a newer Kiln.
+    """
+    with engine.connect() as conn:
+        revision = current_revision(conn)
+    head = head_revision()
+    if revision == head:
+        return
+    if revision is None:
+        migrate(engine)
+        return
+    raise RegistryError(
+        f"registry database is at schema revision {revision}, this Kiln needs {head}: "
+        "run `kiln registry migrate` (or upgrade Kiln if the database is newer)"
+    )

@@ -1,0 +1,257 @@
+"""The registry's HTTP API: a FastAPI router that a server can mount, and a standalone app.
+
+No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations.
+
+Reads need a reader token (or none when ``is_read_open``); writes need a writer token; users
+and tokens are an admin's. A missing or unknown token is 401, a too-weak role 403.
+"""
+
+
+import contextlib
+import io
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from kiln.errors import KilnError
+from kiln.registry.client import Registry
+from kiln.registry.domain import (
+    AliasMove,
+    ApiToken,
+    LineageEdge,
+    Model,
+    ModelVersion,
+    Role,
+    Run,
+    User,
+)
+from kiln.registry.errors import AuthError, ConflictError, NotFoundError
+
+MAX_UPLOAD_BYTES = 2 << 30
+
+
+class AliasBody(BaseModel):
+    version: int = Field(ge=1, description="Version number the alias should point at")
+
+
+class RunBody(BaseModel):
+    name: str = ""
+    recipe: dict[str, Any] = {}
+    data_fingerprint: str = ""
+    code_version: str = ""
+    params: dict[str, Any] = {}
+
+
+class MetricsBody(BaseModel):
+    step: int = Field(ge=0, description="Step the values were measured at")
+    metrics: dict[str, float]
+
+
+class UserBody(BaseModel):
+    name: str
+    role: Role
+
+
+class TokenBody(BaseModel):
+    name: str = ""
+
+
+class NewToken(BaseModel):
+    token: ApiToken
+    secret: str = Field(description="The bearer token; shown only once")
+
+
+@contextlib.contextmanager
+def _http_errors() -> Iterator[None]:
+    try:
+        yield
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except ConflictError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    except KilnError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+
+
+def create_router(get_registry: Callable[[], Registry], *, is_read_open: bool = False) -> APIRouter:
+    """Registry endpoints over the registry ``get_registry`` returns (called per request)."""
+    router = APIRouter(tags=["registry"])
+    bearer = HTTPBearer(auto_error=False)
+
+    def needs(role: Role | None) -> Callable[..., User | None]:
+        def check(
+            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        ) -> User | None:
+            if role is None:
+                return None
+            if credentials is None:
+                raise HTTPException(
+                    401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+                )
+            try:
+                user = get_registry().store.authenticate(credentials.credentials)
+            except AuthError as exc:
+                raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+            if not user.role.allows(role):
+                raise HTTPException(
+                    403, f"{role.value} role required, {user.name} is {user.role.value}"
+                )
+            return user
+
+        return check
+
+    reader = Depends(needs(None if is_read_open else Role.READER))
+    writer = Depends(needs(Role.WRITER))
+    admin = Depends(needs(Role.ADMIN))
+    Reg = Annotated[Registry, Depends(get_registry)]
+
+    @router.get("/models", response_model=list[Model], dependencies=[reader])
+    def list_models(reg: Reg) -> list[Model]:
+        return reg.list_models()
+
+    @router.get("/models/{name}", response_model=Model, dependencies=[reader])
+    def get_model(reg: Reg, name: str) -> Model:
+        with _http_errors():
+            return reg.store.get_model(name)
+
+    @router.get("/models/{name}/versions", response_model=list[ModelVersion], dependencies=[reader])
+    def list_versions(reg: Reg, name: str) -> list[ModelVersion]:
+        with _http_errors():
+            return reg.list_versions(name)
+
+    @router.get(
+        "/models/{name}/versions/{version}", response_model=ModelVersion, dependencies=[reader]
+    )
+    def get_version(reg: Reg, name: str, version: int) -> ModelVersion:
+        with _http_errors():
+            return reg.store.get_version(name, version)
+
+    @router.get(
+        "/models/{name}/versions/{version}/lineage",
+        response_model=list[LineageEdge],
+        dependencies=[reader],
+    )
+    def get_lineage(reg: Reg, name: str, version: int) -> list[LineageEdge]:
+        with _http_errors():
+            return list(reg.lineage(f"{name}@{version}").edges)
+
+    @router.get(
+        "/models/{name}/versions/{version}/package",
+        dependencies=[reader],
+        response_class=Response,
+        responses={200: {"content": {"application/gzip": {}}}},
+    )
+    def download_package(reg: Reg, name: str, version: int) -> Response:
+        with _http_errors():
+            folder = reg.resolve(f"{name}@{version}")
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            tar.add(folder, arcname=".")
+        return Response(buffer.getvalue(), media_type="application/gzip")
+
+    @router.get(
+        "/models/{name}/aliases/{alias}", response_model=ModelVersion, dependencies=[reader]
+    )
+    def get_alias(reg: Reg, name: str, alias: str) -> ModelVersion:
+        with _http_errors():
+            return reg.store.get_alias(name, alias)
+
+    @router.get(
+        "/models/{name}/aliases/{alias}/history",
+        response_model=list[AliasMove],
+        dependencies=[reader],
+    )
+    def alias_history(reg: Reg, name: str, alias: str) -> list[AliasMove]:
+        with _http_errors():
+            return reg.alias_history(name, alias)
+
+    @router.get("/runs/{run_id}", response_model=Run, dependencies=[reader])
+    def get_run(reg: Reg, run_id: str) -> Run:
+        with _http_errors():
+            return reg.get_run(run_id)
+
+    @router.post(
+        "/models/{name}/versions",
+        response_model=ModelVersion,
+        status_code=201,
+        openapi_extra={"requestBody": {"content": {"application/gzip": {}}, "required": True}},
+    )
+    async def register(
+        reg: Reg, request: Request, name: str, user: User = writer, run_id: str | None = None
+    ) -> ModelVersion:
+        """Register a package sent as a .tar.gz body."""
+        body = await request.body()
+        if len(body) > MAX_UPLOAD_BYTES:
+            raise HTTPException(413, f"package archive over {MAX_UPLOAD_BYTES} bytes")
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(_register_archive, reg, body, name, run_id, user.name)
+
+    @router.put("/models/{name}/aliases/{alias}", response_model=AliasMove)
+    def set_alias(
+        reg: Reg, name: str, alias: str, body: AliasBody, user: User = writer
+    ) -> AliasMove:
+        with _http_errors():
+            return reg.set_alias(name, alias, body.version, moved_by=user.name)
+
+    @router.delete("/models/{name}/aliases/{alias}", response_model=AliasMove)
+    def remove_alias(reg: Reg, name: str, alias: str, user: User = writer) -> AliasMove:
+        with _http_errors():
+            return reg.remove_alias(name, alias, moved_by=user.name)
+
+    @router.delete(
+        "/models/{name}/versions/{version}", response_model=ModelVersion, dependencies=[writer]
+    )
+    def delete_version(reg: Reg, name: str, version: int) -> ModelVersion:
+        with _http_errors():
+            return reg.delete(f"{name}@{version}")
+
+    @router.post("/runs", response_model=Run, status_code=201, dependencies=[writer])
+    def start_run(reg: Reg, body: RunBody) -> Run:
+        return reg.start_run(**body.model_dump())
+
+    @router.post("/runs/{run_id}/metrics", status_code=204, dependencies=[writer])
+    def log_metrics(reg: Reg, run_id: str, body: MetricsBody) -> None:
+        with _http_errors():
+            reg.log_metrics(run_id, body.metrics, step=body.step)
+
+    @router.post("/users", response_model=User, status_code=201, dependencies=[admin])
+    def create_user(reg: Reg, body: UserBody) -> User:
+        with _http_errors():
+            return reg.store.create_user(body.name, body.role)
+
+    @router.post(
+        "/users/{name}/tokens", response_model=NewToken, status_code=201, dependencies=[admin]
+    )
+    def create_token(reg: Reg, name: str, body: TokenBody) -> NewToken:
+        with _http_errors():
+            token, secret = reg.store.create_token(name, name=body.name)
+        return NewToken(token=token, secret=secret)
+
+    return router
+
+
+def _register_archive(
+    reg: Registry, body: bytes, name: str, run_id: str | None, user: str
+) -> ModelVersion:
+    with tempfile.TemporaryDirectory() as tmp, _http_errors():
+        folder = Path(tmp) / "package"
+        try:
+            with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
+                tar.extractall(folder, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise HTTPException(400, f"body is not a .tar.gz package archive: {exc}") from exc
+        return reg.register(folder, name=name, run=run_id, created_by=user)
+
+
+def create_app(registry: Registry, *, is_read_open: bool = False) -> FastAPI:
+    """A standalone app serving ``registry`` (``kiln registry serve``)."""
+    app = FastAPI(title="Kiln model registry", version="1")
+    app.include_router(create_router(lambda: registry, is_read_open=is_read_open))
+    return app
