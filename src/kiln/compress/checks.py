@@ -43,3 +43,17 @@ def compare_predictions(
         result["accuracy"] = float((out_pred == truth).mean())
         result["accuracy_change"] = result["accuracy"] - result["accuracy_parent"]
     return result
+
+
+def check_against_parent(
+    parent: Any, child: Any, inputs: Sequence[Any], labels: Sequence[str] | None
+) -> dict[str, Any]:
+    """Load two package folders on CPU and ``compare_predictions`` on raw inputs."""
+    import kiln.runtime
+
+    return compare_predictions(
+        kiln.runtime.load(parent, device="cpu", verify=False),
+        kiln.runtime.load(child, device="cpu", verify=False),
+        inputs,
+        labels,
+    )

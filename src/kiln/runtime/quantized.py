@@ -101,6 +101,7 @@ def _quantize(model: nn.Module, spec: set[Any], *, per_channel: bool) -> nn.Modu
     with warnings.catch_warnings():
         # Deprecation of torch.ao.quantization is recorded in the package's notes instead.
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
         return torch.ao.quantization.quantize_dynamic(
             model, dict.fromkeys(spec, qconfig), dtype=torch.qint8
         )
