@@ -55,6 +55,15 @@ def recipe_validate(
     typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
 
 
+def _register_stage_commands() -> None:
+    from kiln.cli.compress import compress
+
+    app.command("compress")(compress)
+
+
+_register_stage_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="kiln")

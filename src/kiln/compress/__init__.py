@@ -17,7 +17,7 @@ from kiln.compress.errors import CompressError
 from kiln.compress.examples import Examples, examples_from_recipe
 from kiln.config.schema import CompressConfig
 
-__all__ = ["CompressError", "CompressResult", "Examples", "STEPS", "run"]
+__all__ = ["CompressError", "CompressResult", "Examples", "STEPS", "examples_from_recipe", "run"]
 
 # A step: (parent folder, parent manifest, destination, stage config, examples) -> manifest.
 Step = Callable[[Path, dict[str, Any], Path, CompressConfig, Examples], dict[str, Any]]
@@ -31,43 +31,57 @@ class CompressResult:
     manifests: list[dict[str, Any]]
 
 
-def _onnx(parent: Path, manifest: dict[str, Any], dest: Path, cfg: CompressConfig, ex: Examples) -> dict[str, Any]:
+def _onnx(
+    parent: Path, manifest: dict[str, Any], dest: Path, cfg: CompressConfig, ex: Examples
+) -> dict[str, Any]:
     from kiln.compress.onnx_export import export_onnx
 
     return export_onnx(parent, manifest, dest, cfg.onnx, ex)
 
 
-def _quantize_dynamic(parent: Path, manifest: dict[str, Any], dest: Path, cfg: CompressConfig, ex: Examples) -> dict[str, Any]:
+def _quantize_dynamic(
+    parent: Path, manifest: dict[str, Any], dest: Path, cfg: CompressConfig, ex: Examples
+) -> dict[str, Any]:
     from kiln.compress.quantize import quantize_onnx_dynamic
 
     return quantize_onnx_dynamic(parent, manifest, dest, cfg.quantize, ex)
 
 
-def _quantize_static(parent: Path, manifest: dict[str, Any], dest: Path, cfg: CompressConfig, ex: Examples) -> dict[str, Any]:
+def _quantize_static(
+    parent: Path, manifest: dict[str, Any], dest: Path, cfg: CompressConfig, ex: Examples
+) -> dict[str, Any]:
     from kiln.compress.quantize import quantize_onnx_static
 
     return quantize_onnx_static(parent, manifest, dest, cfg.quantize, ex)
 
 
-def _quantize_torch(parent: Path, manifest: dict[str, Any], dest: Path, cfg: CompressConfig, ex: Examples) -> dict[str, Any]:
+def _quantize_torch(
+    parent: Path, manifest: dict[str, Any], dest: Path, cfg: CompressConfig, ex: Examples
+) -> dict[str, Any]:
     from kiln.compress.quantize import quantize_torch_dynamic
 
     return quantize_torch_dynamic(parent, manifest, dest, cfg.quantize, ex)
 
 
-def _cast(parent: Path, manifest: dict[str, Any], dest: Path, cfg: CompressConfig, ex: Examples) -> dict[str, Any]:
+def _cast(
+    parent: Path, manifest: dict[str, Any], dest: Path, cfg: CompressConfig, ex: Examples
+) -> dict[str, Any]:
     from kiln.compress.quantize import cast_torch
 
     return cast_torch(parent, manifest, dest, cfg.cast, ex)
 
 
-def _sparsity(parent: Path, manifest: dict[str, Any], dest: Path, cfg: CompressConfig, ex: Examples) -> dict[str, Any]:
+def _sparsity(
+    parent: Path, manifest: dict[str, Any], dest: Path, cfg: CompressConfig, ex: Examples
+) -> dict[str, Any]:
     from kiln.compress.sparsity import sparsify
 
     return sparsify(parent, manifest, dest, cfg.sparsity, ex)
 
 
-def _prune(parent: Path, manifest: dict[str, Any], dest: Path, cfg: CompressConfig, ex: Examples) -> dict[str, Any]:
+def _prune(
+    parent: Path, manifest: dict[str, Any], dest: Path, cfg: CompressConfig, ex: Examples
+) -> dict[str, Any]:
     from kiln.compress.pruning import prune_structured
 
     return prune_structured(parent, manifest, dest, cfg.prune, ex)
@@ -116,7 +130,9 @@ def run(
         raise CompressError("no compression steps given; choose from " + ", ".join(STEPS))
     unknown = [n for n in names if n not in STEPS]
     if unknown:
-        raise CompressError(f"unknown compression step(s) {unknown}; choose from {', '.join(STEPS)}")
+        raise CompressError(
+            f"unknown compression step(s) {unknown}; choose from {', '.join(STEPS)}"
+        )
     parent = Path(package)
     manifest = read_manifest(parent)
     if examples is None:
@@ -128,7 +144,7 @@ def run(
     if examples is None:
         raise CompressError(
             f"{parent}: its manifest records no recipe with data, so there are no real inputs "
-            "to check the compressed packages with; pass examples explicitly"
+            "to check the compressed packages with; give a recipe with data (--recipe)"
         )
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

@@ -11,7 +11,7 @@ from kiln.compress.errors import CompressError
 
 @dataclass(frozen=True)
 class Examples:
-    """Raw inputs for the steps: ``eval`` compares a package with its parent, ``train`` calibrates."""
+    """Raw inputs for the steps: eval inputs check a package, train inputs calibrate it."""
 
     eval_inputs: Sequence[Any]  # raw inputs (texts or pixel arrays) for parity and agreement
     eval_labels: Sequence[str] | None  # their label names, when known, for the accuracy change

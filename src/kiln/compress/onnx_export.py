@@ -27,7 +27,11 @@ IMAGE_INPUTS = ("pixel_values",)
 
 
 def export_onnx(
-    parent: Path, parent_manifest: dict[str, Any], dest: Path, cfg: OnnxExportConfig, examples: Examples
+    parent: Path,
+    parent_manifest: dict[str, Any],
+    dest: Path,
+    cfg: OnnxExportConfig,
+    examples: Examples,
 ) -> dict[str, Any]:
     """Write an ``onnx`` package exported from a fp32 ``torch`` package; return its manifest.
 
@@ -58,9 +62,7 @@ def export_onnx(
         _export(model, {k: sample[k] for k in input_names}, onnx_path, cfg)
         optimized = False
         if cfg.optimize and arch["family"] == "hf":
-            optimized = _optimize_bert(
-                onnx_path, model.config, is_pruned="heads_per_layer" in arch
-            )
+            optimized = _optimize_bert(onnx_path, model.config, is_pruned="heads_per_layer" in arch)
         child.manifest.update(
             format="onnx",
             precision="fp32",

@@ -12,7 +12,15 @@ from typing import Any
 from kiln.runtime.package import finalize_package, package_digest, staged_package
 
 # Manifest fields a child package inherits unchanged: what it predicts and how inputs are prepared.
-INHERITED_FIELDS = ("name", "task", "labels", "input_schema", "preprocessing", "data_fingerprint", "recipe")
+INHERITED_FIELDS = (
+    "name",
+    "task",
+    "labels",
+    "input_schema",
+    "preprocessing",
+    "data_fingerprint",
+    "recipe",
+)
 
 
 @dataclass

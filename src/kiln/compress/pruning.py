@@ -45,17 +45,30 @@ def prune_structured(
     model = load_torch_model(parent, parent_manifest)
     predictor = kiln.runtime.load(parent, device="cpu", verify=False)
     labels = _label_ids(predictor.labels, examples.train_labels, len(inputs))
-    head_scores, ffn_scores = importance_scores(model, predictor.preprocessor, inputs, labels, cfg.batch_size)
+    head_scores, ffn_scores = importance_scores(
+        model, predictor.preprocessor, inputs, labels, cfg.batch_size
+    )
     keep_heads = select_heads(head_scores, cfg.heads_fraction)
-    keep_neurons = [_top(scores, len(scores) - int(round(cfg.ffn_fraction * len(scores)))) for scores in ffn_scores]
+    keep_neurons = [
+        _top(scores, len(scores) - int(round(cfg.ffn_fraction * len(scores))))
+        for scores in ffn_scores
+    ]
     params_before = count_parameters(model)
     prune_model(model, keep_heads, keep_neurons)
     settings = cfg.model_dump(mode="json")
-    with child_package(parent, parent_manifest, dest, transformation="prune", settings=settings) as child:
-        base = {k: v for k, v in arch.items() if k not in ("weights", "heads_per_layer", "ffn_sizes")}
-        base.update(heads_per_layer=[len(h) for h in keep_heads], ffn_sizes=[len(n) for n in keep_neurons])
+    with child_package(
+        parent, parent_manifest, dest, transformation="prune", settings=settings
+    ) as child:
+        base = {
+            k: v for k, v in arch.items() if k not in ("weights", "heads_per_layer", "ffn_sizes")
+        }
+        base.update(
+            heads_per_layer=[len(h) for h in keep_heads], ffn_sizes=[len(n) for n in keep_neurons]
+        )
         child.manifest.update(
-            format="torch", precision="fp32", architecture=save_torch_model(model, child.staging, base)
+            format="torch",
+            precision="fp32",
+            architecture=save_torch_model(model, child.staging, base),
         )
         child.finalize()
         child.manifest["metrics"] = {
@@ -89,8 +102,12 @@ def importance_scores(
     from kiln.runtime.architectures import encoder_layers
 
     layers = encoder_layers(model)
-    head_gates = [torch.ones(l.attention.self.num_attention_heads, requires_grad=True) for l in layers]
-    ffn_gates = [torch.ones(l.intermediate.dense.out_features, requires_grad=True) for l in layers]
+    head_gates = [
+        torch.ones(layer.attention.self.num_attention_heads, requires_grad=True) for layer in layers
+    ]
+    ffn_gates = [
+        torch.ones(layer.intermediate.dense.out_features, requires_grad=True) for layer in layers
+    ]
     hooks = []
     for layer, hg, fg in zip(layers, head_gates, ffn_gates, strict=True):
         hooks.append(layer.attention.self.register_forward_hook(_head_gate_hook(hg)))
@@ -147,7 +164,9 @@ def prune_model(model: Any, keep_heads: list[np.ndarray], keep_neurons: list[np.
     for layer, heads, neurons in zip(encoder_layers(model), keep_heads, keep_neurons, strict=True):
         attn = layer.attention.self
         size = attn.attention_head_size
-        rows = torch.from_numpy(np.concatenate([np.arange(h * size, (h + 1) * size) for h in heads]))
+        rows = torch.from_numpy(
+            np.concatenate([np.arange(h * size, (h + 1) * size) for h in heads])
+        )
         for proj in ("query", "key", "value"):
             setattr(attn, proj, _slice_linear(getattr(attn, proj), rows, dim=0))
         layer.attention.output.dense = _slice_linear(layer.attention.output.dense, rows, dim=1)
@@ -198,5 +217,7 @@ def _label_ids(names: list[str], labels: Sequence[str] | None, n: int) -> np.nda
     index = {name: i for i, name in enumerate(names)}
     unknown = sorted({str(lab) for lab in labels[:n]} - set(index))
     if unknown:
-        raise CompressError(f"prune: labels {unknown[:5]} are not among the package's labels {names}")
+        raise CompressError(
+            f"prune: labels {unknown[:5]} are not among the package's labels {names}"
+        )
     return np.array([index[str(lab)] for lab in labels[:n]], dtype=np.int64)

@@ -27,7 +27,11 @@ _FUSED_GRAPH_OPTIONS = {"DefaultTensorType": 1}  # onnx.TensorProto.FLOAT
 
 
 def quantize_onnx_dynamic(
-    parent: Path, parent_manifest: dict[str, Any], dest: Path, cfg: QuantizeConfig, examples: Examples
+    parent: Path,
+    parent_manifest: dict[str, Any],
+    dest: Path,
+    cfg: QuantizeConfig,
+    examples: Examples,
 ) -> dict[str, Any]:
     """ONNX Runtime dynamic int8: int8 weights, activation scales computed per batch at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -48,7 +52,11 @@ def quantize_onnx_dynamic(
 
 
 def quantize_onnx_static(
-    parent: Path, parent_manifest: dict[str, Any], dest: Path, cfg: QuantizeConfig, examples: Examples
+    parent: Path,
+    parent_manifest: dict[str, Any],
+    dest: Path,
+    cfg: QuantizeConfig,
+    examples: Examples,
 ) -> dict[str, Any]:
     """ONNX Runtime static int8 in QDQ format, activation ranges calibrated on training inputs."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -84,7 +92,9 @@ def quantize_onnx_static(
     with child_package(
         parent, parent_manifest, dest, transformation="quantize-static", settings=settings
     ) as child:
-        reader = _CalibrationReader(predictor, calibration, list(parent_manifest["architecture"]["inputs"]))
+        reader = _CalibrationReader(
+            predictor, calibration, list(parent_manifest["architecture"]["inputs"])
+        )
         quantize_static(
             str(parent / ONNX_NAME),
             str(child.staging / ONNX_NAME),
@@ -100,7 +110,11 @@ def quantize_onnx_static(
 
 
 def quantize_torch_dynamic(
-    parent: Path, parent_manifest: dict[str, Any], dest: Path, cfg: QuantizeConfig, examples: Examples
+    parent: Path,
+    parent_manifest: dict[str, Any],
+    dest: Path,
+    cfg: QuantizeConfig,
+    examples: Examples,
 ) -> dict[str, Any]:
     """PyTorch dynamic int8 of every ``nn.Linear``, stored as int8 + scales in safetensors."""
     from safetensors.torch import save_file

@@ -13,7 +13,11 @@ from kiln.config.schema import SparsityConfig
 
 
 def sparsify(
-    parent: Path, parent_manifest: dict[str, Any], dest: Path, cfg: SparsityConfig, examples: Examples
+    parent: Path,
+    parent_manifest: dict[str, Any],
+    dest: Path,
+    cfg: SparsityConfig,
+    examples: Examples,
 ) -> dict[str, Any]:
     """Global magnitude pruning of every Linear/Conv weight matrix to ``cfg.target`` zeros.
 
@@ -31,7 +35,11 @@ def sparsify(
     model = load_torch_model(parent, parent_manifest)
     apply_global_magnitude(model, cfg.target)
     with child_package(
-        parent, parent_manifest, dest, transformation="sparsity", settings=cfg.model_dump(mode="json")
+        parent,
+        parent_manifest,
+        dest,
+        transformation="sparsity",
+        settings=cfg.model_dump(mode="json"),
     ) as child:
         arch = {k: v for k, v in parent_manifest["architecture"].items() if k != "weights"}
         arch = save_torch_model(model, child.staging, arch)
@@ -57,7 +65,7 @@ def prunable_weights(model: Any) -> list[tuple[Any, str]]:
 
 
 def apply_global_magnitude(model: Any, target: float) -> None:
-    """Zero the ``target`` fraction of prunable weights with the smallest absolute value, globally."""
+    """Zero the ``target`` fraction of prunable weights of smallest magnitude, globally."""
     from torch.nn.utils import prune
 
     params = prunable_weights(model)

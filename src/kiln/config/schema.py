@@ -187,7 +187,7 @@ class SparsityConfig(_Section):
 
 
 class PruneConfig(_Section):
-    # Fraction of attention heads removed, lowest importance first (at least one head per layer stays).
+    # Fraction of attention heads removed, least important first (each layer keeps one).
     heads_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)
     # Fraction of FFN neurons removed, lowest importance first (ranked within each layer).
     ffn_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)

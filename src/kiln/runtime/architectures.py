@@ -105,7 +105,7 @@ def logits_of(model: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tens
 
 
 def encoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The transformer layers of a BERT-like sequence classifier (``model.<base>.encoder.layer``)."""
+    """The transformer layers of a BERT-like classifier (``model.<base>.encoder.layer``)."""
     base = getattr(model, model.base_model_prefix)  # type: ignore[arg-type]
     return list(base.encoder.layer)
 
