@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from kiln.cli.compress import compress
 from kiln.cli.registry import app as registry_app
 from kiln.errors import KilnError
 
@@ -28,6 +29,7 @@ app = typer.Typer(
 recipe_app = typer.Typer(help="Inspect and validate recipes.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(registry_app, name="registry")
+app.command("compress")(compress)
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="Overrides such as train.epochs=1 data.max_examples=500")]
 

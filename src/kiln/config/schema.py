@@ -151,6 +151,73 @@ class EvalConfig(_Section):
     ece_bins: int = Field(default=15, ge=2)
 
 
+CompressStep = Literal[
+    "onnx", "quantize-dynamic", "quantize-static", "quantize-torch", "cast", "sparsity", "prune"
+]
+
+
+class OnnxExportConfig(_Section):
+    # ONNX opset of the exported graph.
+    opset: int = Field(default=17, ge=14, le=21)
+    # torchscript: the tracing exporter, fast and fused fully by ONNX Runtime; dynamo: torch.export.
+    exporter: Literal["torchscript", "dynamo"] = "torchscript"
+    # Run ONNX Runtime's transformer graph optimiser (attention, LayerNorm, GELU fusion) on BERT.
+    optimize: bool = True
+    # Largest allowed absolute logit difference from the PyTorch model on real inputs.
+    parity_atol: float = Field(default=1e-4, gt=0.0)
+
+
+class QuantizeConfig(_Section):
+    # Per-output-channel weight scales (more accurate) rather than one scale per tensor.
+    per_channel: bool = True
+    # Number of training examples that calibrate activation ranges (static quantization).
+    calibration_samples: int = Field(default=128, ge=1)
+    # Activation range estimate for static quantization.
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    # Prediction agreement with the parent below which the step fails (0 only reports it).
+    min_agreement: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class CastConfig(_Section):
+    # Floating-point type of the weights (for GPU targets).
+    dtype: Literal["fp16", "bf16"] = "fp16"
+
+
+class SparsityConfig(_Section):
+    # Fraction of prunable weights (Linear/Conv matrices) set to zero by global magnitude.
+    target: float = Field(default=0.5, gt=0.0, lt=1.0)
+
+
+class PruneConfig(_Section):
+    # Fraction of attention heads removed, least important first (each layer keeps one).
+    heads_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)
+    # Fraction of FFN neurons removed, lowest importance first (ranked within each layer).
+    ffn_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)
+    # Number of training examples whose gradients rank heads and neurons (Michel et al. 2019).
+    importance_samples: int = Field(default=64, ge=1)
+    # Batch size when accumulating importance gradients.
+    batch_size: int = Field(default=16, ge=1)
+
+
+class CompressConfig(_Section):
+    # Ordered steps; each writes a package whose parent is the previous step's package.
+    steps: list[CompressStep] = Field(default_factory=list)
+    # Number of validation examples used to compare each package with its parent.
+    eval_samples: int = Field(default=256, ge=1)
+    # Intra-op threads while compressing and checking; empty means the library default.
+    num_threads: int | None = Field(default=None, ge=1)
+    # ONNX export.
+    onnx: OnnxExportConfig = Field(default_factory=OnnxExportConfig)
+    # int8 quantization (dynamic, static, PyTorch).
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    # fp16/bf16 casting.
+    cast: CastConfig = Field(default_factory=CastConfig)
+    # Unstructured magnitude sparsity.
+    sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
+    # Structured pruning of heads and FFN neurons.
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+
+
 class Recipe(_Section):
     # Name of the model this recipe makes; used for folder and registry names.
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -164,3 +231,5 @@ class Recipe(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     # Evaluation on the test split.
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    # Compression steps applied to the trained package.
+    compress: CompressConfig = Field(default_factory=CompressConfig)

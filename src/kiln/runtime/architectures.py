@@ -100,3 +100,50 @@ def logits_of(model: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tens
     """Run a model on a feature dict and return its logits, whatever the model returns."""
     out = model(**features)
     return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def encoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer layers of a BERT-like classifier (``model.<base>.encoder.layer``)."""
+    base = getattr(model, model.base_model_prefix)  # type: ignore[arg-type]
+    return list(base.encoder.layer)
+
+
+def resize_bert_layers(
+    model: nn.Module, *, heads_per_layer: list[int] | None, ffn_sizes: list[int] | None
+) -> None:
+    """Give each encoder layer its own head count and FFN width (after structured pruning).
+
+    A plain ``BertConfig`` holds one head count and one ``intermediate_size`` for all layers,
+    so a pruned package records the per-layer sizes in ``architecture`` and the loader reshapes
+    the freshly built layers here before loading the (smaller) weights. The new matrices are
+    uninitialised; the caller loads their values.
+    """
+    layers = encoder_layers(model)
+    for name, sizes in (("heads_per_layer", heads_per_layer), ("ffn_sizes", ffn_sizes)):
+        if sizes is not None and len(sizes) != len(layers):
+            raise ValueError(f"{name} has {len(sizes)} entries for {len(layers)} layers")
+    for i, layer in enumerate(layers):
+        if heads_per_layer is not None:
+            attn = layer.attention.self
+            width = heads_per_layer[i] * attn.attention_head_size
+            attn.num_attention_heads = heads_per_layer[i]
+            attn.all_head_size = width
+            for proj in ("query", "key", "value"):
+                setattr(attn, proj, _linear(getattr(attn, proj), out_features=width))
+            out = layer.attention.output
+            out.dense = _linear(out.dense, in_features=width)
+        if ffn_sizes is not None:
+            layer.intermediate.dense = _linear(layer.intermediate.dense, out_features=ffn_sizes[i])
+            layer.output.dense = _linear(layer.output.dense, in_features=ffn_sizes[i])
+
+
+def _linear(
+    old: nn.Linear, *, in_features: int | None = None, out_features: int | None = None
+) -> nn.Linear:
+    return nn.Linear(
+        in_features or old.in_features,
+        out_features or old.out_features,
+        bias=old.bias is not None,
+        dtype=old.weight.dtype,
+        device=old.weight.device,
+    )

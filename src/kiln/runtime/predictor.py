@@ -30,8 +30,13 @@ class TorchEngine:
 
         from kiln.runtime.architectures import logits_of
 
+        # A model cast to fp16/bf16 needs its float inputs in that dtype too.
+        dtype = next(self.model.parameters()).dtype
         with torch.inference_mode():
-            tensors = {k: torch.from_numpy(v).to(self.device) for k, v in features.items()}
+            tensors = {
+                k: torch.from_numpy(v).to(self.device, dtype if v.dtype.kind == "f" else None)
+                for k, v in features.items()
+            }
             return logits_of(self.model, tensors).float().cpu().numpy()
 
 
@@ -81,6 +86,7 @@ def load(
     *,
     device: str | None = None,
     num_threads: int | None = None,
+    inter_op_threads: int | None = None,
     verify: bool = True,
 ) -> Predictor:
     """Load a model package folder into a ``Predictor``.
@@ -89,6 +95,7 @@ def load(
         path: the package folder (holding ``kiln.json``).
         device: ``cpu``, ``cuda``...; CUDA when present if empty.
         num_threads: intra-op threads for the engine; the library default if empty.
+        inter_op_threads: inter-op threads (ONNX Runtime); the library default if empty.
         verify: check every file's sha256 against the manifest first.
 
     Raises:
@@ -107,6 +114,15 @@ def load(
             torch.set_num_threads(num_threads)
         dev = pick_device(device)
         engine: Engine = TorchEngine(load_torch_model(folder, manifest), dev)
+    elif fmt == "onnx":
+        from kiln.runtime.onnx_engine import OnnxEngine
+
+        engine = OnnxEngine(
+            folder / manifest["architecture"]["file"],
+            device=device,
+            intra_op_threads=num_threads,
+            inter_op_threads=inter_op_threads,
+        )
     else:
         from kiln.errors import PackageError
 

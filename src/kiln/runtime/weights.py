@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from kiln.errors import PackageError
-from kiln.runtime.architectures import build_cnn, build_text_classifier
+from kiln.runtime.architectures import build_cnn, build_text_classifier, resize_bert_layers
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -34,11 +34,22 @@ def load_torch_model(folder: Path, manifest: dict[str, Any]) -> nn.Module:
         from transformers import AutoConfig
 
         model = build_text_classifier(AutoConfig.from_pretrained(str(folder)))
+        if "heads_per_layer" in arch or "ffn_sizes" in arch:
+            resize_bert_layers(
+                model, heads_per_layer=arch.get("heads_per_layer"), ffn_sizes=arch.get("ffn_sizes")
+            )
     elif arch["family"] == "cnn":
         model = build_cnn(arch["params"])
     else:
         raise PackageError(f"{folder}: unknown architecture family {arch['family']!r}")
     state = load_file(str(folder / arch["weights"]))
+    quantization = arch.get("quantization")
+    if quantization is not None:
+        from kiln.runtime.quantized import load_int8_model
+
+        return load_int8_model(model, state, quantization, folder)
+    if "dtype" in arch:
+        model.to(getattr(torch, arch["dtype"]))
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Buffers such as BERT's position_ids may be absent from older checkpoints; real weights
     # must all be there.

@@ -1,0 +1,85 @@
+"""Run an ONNX package with ONNX Runtime behind the same ``Engine`` interface as PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kiln.errors import PackageError
+
+ONNX_NAME = "model.onnx"
+
+
+class OnnxEngine:
+    """An ONNX Runtime ``InferenceSession``: features in, logits out.
+
+    Only the inputs the graph declares are fed (a CNN graph ignores an ``attention_mask``),
+    each cast to the element type the graph expects.
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        device: str | None = None,
+        intra_op_threads: int | None = None,
+        inter_op_threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        if not model_path.is_file():
+            raise PackageError(f"{model_path.parent}: ONNX model {model_path.name} is missing")
+        options = ort.SessionOptions()
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        if inter_op_threads:
+            options.inter_op_num_threads = inter_op_threads
+        self.session = ort.InferenceSession(
+            str(model_path), sess_options=options, providers=_providers(device)
+        )
+        self.input_types: dict[str, Any] = {
+            i.name: _NUMPY_TYPES.get(i.type, None) for i in self.session.get_inputs()
+        }
+        self.output_name: str = self.session.get_outputs()[0].name
+
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the inputs the graph declares."""
+        return list(self.input_types)
+
+    def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        missing = [name for name in self.input_types if name not in features]
+        if missing:
+            raise PackageError(
+                f"the ONNX graph needs inputs {missing} that the preprocessor does not produce "
+                f"(it produces {sorted(features)})"
+            )
+        feed = {
+            name: features[name] if dtype is None else features[name].astype(dtype, copy=False)
+            for name, dtype in self.input_types.items()
+        }
+        (logits,) = self.session.run([self.output_name], feed)
+        return np.asarray(logits, dtype=np.float32)
+
+
+_NUMPY_TYPES: dict[str, Any] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+def _providers(device: str | None) -> list[str]:
+    import onnxruntime as ort
+
+    if device and device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise PackageError(
+                f"device {device!r} asked for, but this ONNX Runtime has no CUDA provider "
+                f"(available: {ort.get_available_providers()})"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
