@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from kiln.cli.serve import app as serve_app
 from kiln.errors import KilnError
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 recipe_app = typer.Typer(help="Inspect and validate recipes.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
+app.add_typer(serve_app, name="serve")
 
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="Overrides such as train.epochs=1 data.max_examples=500")

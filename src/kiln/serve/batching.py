@@ -84,8 +84,10 @@ class Batcher:
         *,
         name: str = "model",
         clock: Callable[[], float] = time.monotonic,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.handler = handler
+        self.on_batch = on_batch  # called with (inputs, compute seconds) after each good batch
         self.config = config
         self.name = name
         self.clock = clock
@@ -116,7 +118,9 @@ class Batcher:
         """Start the background task on the running event loop."""
         if self._task is not None:
             raise RuntimeError(f"batcher {self.name} already started")
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"batcher-{self.name}"
+        )
 
     async def stop(self, *, drain: bool = True) -> None:
         """Refuse new requests; finish queued ones (``drain``) or fail them; wait for the task."""
@@ -295,7 +299,11 @@ class Batcher:
                 return
             compute_s = self.clock() - start
             prev = self._compute_ewma_s
-            self._compute_ewma_s = compute_s if prev is None else prev + _EWMA_ALPHA * (compute_s - prev)
+            self._compute_ewma_s = (
+                compute_s if prev is None else prev + _EWMA_ALPHA * (compute_s - prev)
+            )
+            if self.on_batch is not None:
+                self.on_batch(len(flat), compute_s)
             offset = 0
             for pending in batch:
                 n = len(pending.inputs)

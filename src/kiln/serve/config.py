@@ -65,7 +65,9 @@ class ModelConfig(_Section):
         unknown = sorted(set(self.canary) - set(self.versions))
         if unknown:
             raise ValueError(f"canary names versions {unknown} that are not in versions")
-        if self.canary and (any(w < 0 for w in self.canary.values()) or not sum(self.canary.values())):
+        if self.canary and (
+            any(w < 0 for w in self.canary.values()) or not sum(self.canary.values())
+        ):
             raise ValueError(f"canary weights must be >= 0 with a positive sum, got {self.canary}")
         return self
 
@@ -115,7 +117,9 @@ def load_serve_config(path: str | Path, **cli: Any) -> ServeConfig:
     return parse_serve_config(raw, source=str(path), **cli)
 
 
-def parse_serve_config(raw: dict[str, Any], source: str = "<serve config>", **cli: Any) -> ServeConfig:
+def parse_serve_config(
+    raw: dict[str, Any], source: str = "<serve config>", **cli: Any
+) -> ServeConfig:
     """Validate a mapping (plus command-line settings) into a ``ServeConfig``."""
     merged = dict(raw)
     merged.update({k: v for k, v in cli.items() if v is not None})
