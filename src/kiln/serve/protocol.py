@@ -155,9 +155,16 @@ def decode_inputs(model: ServedModel, request: InferRequest) -> list[Any]:
             f"{where}.shape: expected [N, {', '.join(map(str, model.image_shape))}] "
             f"({per_image} values per image), got {tensor.shape}"
         )
+    kinds: tuple[type, ...] = (
+        (bool,)
+        if tensor.datatype == "BOOL"
+        else (int, float)
+        if tensor.datatype.startswith("FP")
+        else (int,)
+    )
     for i, x in enumerate(flat):
-        if isinstance(x, bool) != (tensor.datatype == "BOOL") or not isinstance(x, (int, float)):
-            raise InputError(f"{where}.data[{i}]: expected a {tensor.datatype} number, got {x!r}")
+        if isinstance(x, bool) != (tensor.datatype == "BOOL") or not isinstance(x, kinds):
+            raise InputError(f"{where}.data[{i}]: expected a {tensor.datatype} value, got {x!r}")
     try:
         arr = np.asarray(flat, dtype=NUMERIC_DTYPES[tensor.datatype])
     except (OverflowError, ValueError) as exc:
