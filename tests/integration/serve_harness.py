@@ -68,7 +68,7 @@ def serving(
 
 
 def wait_until(condition: Any, *, what: str, timeout_s: float = 60.0) -> None:
-    """Poll ``condition`` until true; fail after ``timeout_s`` (a hang guard, not a timing)."""
+    """Poll ``condition`` until true; fail after ``timeout_s`` (a hang guard only)."""
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         if condition():
