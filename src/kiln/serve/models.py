@@ -62,7 +62,10 @@ def resolve_source(source: str) -> ResolvedSource:
             f"{source}: registry references need the Kiln registry, which is not available "
             "here; give a package folder instead"
         ) from None
-    resolved = Path(resolve_reference(source))
+    try:
+        resolved = Path(resolve_reference(source))
+    except KilnError as exc:
+        raise ModelLoadError(f"{source}: {exc}") from exc
     tag = match["tag"]
     version = int(tag) if tag.isdigit() else _version_of(resolved)
     return ResolvedSource(
