@@ -82,6 +82,14 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
     app.state.service = service
     app.include_router(rest.router)
     app.include_router(v2.router)
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            v2.add_schemas(default_openapi())
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics(request: Request) -> Response:

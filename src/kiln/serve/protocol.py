@@ -4,6 +4,11 @@ A text model takes one ``BYTES`` input named ``text`` of shape ``[N]`` (or ``[N,
 model takes one numeric input named ``pixels`` of shape ``[N, *image_shape]`` (or ``[N, C*H*W]``).
 Both answer ``label`` (``BYTES``, ``[N]``) and ``scores`` (``FP32``, ``[N, labels]``). Tensor
 data may be flat in row-major order or nested; its element count must match the shape.
+
+The binary tensor data extension (what Triton's clients send by default) is supported both ways:
+a request body of ``Inference-Header-Content-Length`` bytes of JSON followed by each input's
+``binary_data_size`` bytes (BYTES elements as 4-byte little-endian length + bytes, numbers
+little-endian), and binary outputs when the request asks for them.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class TensorIn(BaseModel):
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = None
-    data: list[Any]
+    data: list[Any] | None = None
 
 
 class RequestedOutput(BaseModel):
@@ -108,7 +113,9 @@ def metadata(model: ServedModel, versions: list[int]) -> dict[str, Any]:
     }
 
 
-def decode_inputs(model: ServedModel, request: InferRequest) -> list[Any]:
+def decode_inputs(
+    model: ServedModel, request: InferRequest, blobs: list[bytes | None] | None = None
+) -> list[Any]:
     """The raw inputs (texts or images) that a request's tensors carry.
 
     Raises:
@@ -122,6 +129,7 @@ def decode_inputs(model: ServedModel, request: InferRequest) -> list[Any]:
         )
     tensor = request.inputs[0]
     where = f"inputs[0] ({tensor.name!r})"
+    blob = blobs[0] if blobs else None
     if tensor.name != expected:
         raise InputError(f"inputs[0].name: expected {expected!r}, got {tensor.name!r}")
     if tensor.datatype not in DATATYPES:
@@ -133,8 +141,13 @@ def decode_inputs(model: ServedModel, request: InferRequest) -> list[Any]:
         raise InputError(f"{where}.shape: expected non-negative dimensions, got {tensor.shape}")
     if tensor.shape[0] == 0:
         raise InputError(f"{where}.shape: the batch dimension must be at least 1")
-    flat = flatten(tensor.data, where)
     count = math.prod(tensor.shape)
+    if blob is not None:
+        flat = _from_binary(blob, tensor.datatype, where)
+    elif tensor.data is None:
+        raise InputError(f"{where}.data: missing (and no binary_data_size parameter)")
+    else:
+        flat = flatten(tensor.data, where)
     if len(flat) != count:
         raise InputError(
             f"{where}.data: shape {tensor.shape} needs {count} elements, got {len(flat)}"
@@ -202,6 +215,99 @@ def encode_outputs(
             )
         chosen.append(tensors[out.name])
     return chosen
+
+
+def parse_infer_body(
+    raw: bytes, header_length: str | None
+) -> tuple[InferRequest, list[bytes | None]]:
+    """The JSON request and each input's binary blob (None for JSON data).
+
+    Raises:
+        InputError: a bad header length, JSON that does not validate, or blob sizes that do not
+            add up to the body.
+    """
+    from pydantic import ValidationError
+
+    if header_length is None:
+        json_part, rest = raw, b""
+    else:
+        if not header_length.isdigit() or int(header_length) > len(raw):
+            raise InputError(
+                f"header Inference-Header-Content-Length: {header_length!r} is not "
+                f"a length within the {len(raw)}-byte body"
+            )
+        json_part, rest = raw[: int(header_length)], raw[int(header_length) :]
+    try:
+        request = InferRequest.model_validate_json(json_part)
+    except ValidationError as exc:
+        messages = []
+        for err in exc.errors()[:5]:
+            field = ".".join(str(p) for p in err["loc"]) or "body"
+            messages.append(f"{field}: {err['msg']}")
+        raise InputError("; ".join(messages)) from None
+    blobs: list[bytes | None] = []
+    offset = 0
+    for i, tensor in enumerate(request.inputs):
+        size = (tensor.parameters or {}).get("binary_data_size")
+        if size is None:
+            blobs.append(None)
+            continue
+        if not isinstance(size, int) or size < 0 or offset + size > len(rest):
+            raise InputError(
+                f"inputs[{i}].parameters.binary_data_size: {size!r} does not fit "
+                f"the {len(rest)} bytes of binary data"
+            )
+        blobs.append(rest[offset : offset + size])
+        offset += size
+    if offset != len(rest):
+        raise InputError(f"body: {len(rest) - offset} bytes of binary data belong to no input")
+    return request, blobs
+
+
+def wants_binary(request: InferRequest, name: str) -> bool:
+    """Whether output ``name`` goes back as binary data."""
+    for out in request.outputs or []:
+        if out.name == name and out.parameters and "binary_data" in out.parameters:
+            return bool(out.parameters["binary_data"])
+    return bool((request.parameters or {}).get("binary_data_output", False))
+
+
+def to_binary(tensor: TensorOut) -> bytes:
+    """A tensor's data in the binary extension's layout."""
+    if tensor.datatype == "BYTES":
+        parts = []
+        for item in tensor.data:
+            encoded = str(item).encode("utf-8")
+            parts.append(len(encoded).to_bytes(4, "little") + encoded)
+        return b"".join(parts)
+    dtype = np.dtype(NUMERIC_DTYPES[tensor.datatype]).newbyteorder("<")
+    return np.asarray(tensor.data, dtype=dtype).tobytes()
+
+
+def _from_binary(blob: bytes, datatype: str, where: str) -> list[Any]:
+    if datatype == "BYTES":
+        items: list[Any] = []
+        offset = 0
+        while offset < len(blob):
+            if offset + 4 > len(blob):
+                raise InputError(f"{where}: truncated BYTES element length")
+            size = int.from_bytes(blob[offset : offset + 4], "little")
+            if offset + 4 + size > len(blob):
+                raise InputError(f"{where}: BYTES element longer than the binary data")
+            items.append(blob[offset + 4 : offset + 4 + size])
+            offset += 4 + size
+        return items
+    if datatype not in NUMERIC_DTYPES:
+        raise InputError(f"{where}.datatype: unknown datatype {datatype!r}")
+    dtype = np.dtype(NUMERIC_DTYPES[datatype]).newbyteorder("<")
+    if len(blob) % dtype.itemsize:
+        raise InputError(f"{where}: {len(blob)} bytes is not a whole number of {datatype}")
+    values = np.frombuffer(blob, dtype=dtype)
+    if datatype.startswith("FP"):
+        return [float(v) for v in values]
+    if datatype == "BOOL":
+        return [bool(v) for v in values]
+    return [int(v) for v in values]
 
 
 def flatten(data: list[Any], where: str) -> list[Any]:

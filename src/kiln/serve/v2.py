@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from kiln.runtime.preprocessing import InputError
 from kiln.serve.handling import HTTPProblem
-from kiln.serve.protocol import InferRequest, InferResponse, decode_inputs, encode_outputs, metadata
+from kiln.serve.protocol import (
+    InferRequest,
+    InferResponse,
+    decode_inputs,
+    encode_outputs,
+    metadata,
+    parse_infer_body,
+    to_binary,
+    wants_binary,
+)
 from kiln.serve.rest import ERRORS, service_of
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"], responses=ERRORS)
@@ -61,41 +72,82 @@ async def model_version_ready(name: str, version: int, request: Request) -> JSON
     return _ready(request, name, version)
 
 
-@router.post("/models/{name}/infer", response_model=InferResponse, response_model_exclude_none=True)
-async def infer(name: str, body: InferRequest, request: Request) -> dict[str, Any]:
+INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "binary tensor data extension (Inference-Header-Content-Length)",
+            },
+        },
+    }
+}
+INFER_OK: dict[int | str, dict[str, Any]] = {200: {"model": InferResponse}}
+
+
+@router.post("/models/{name}/infer", openapi_extra=INFER_BODY, responses=INFER_OK)
+async def infer(name: str, request: Request) -> Response:
     """Inference with tensors; the router picks the version (canary weights, else newest)."""
-    return await _infer(request, name, None, body)
+    return await _infer(request, name, None)
 
 
 @router.post(
-    "/models/{name}/versions/{version}/infer",
-    response_model=InferResponse,
-    response_model_exclude_none=True,
+    "/models/{name}/versions/{version}/infer", openapi_extra=INFER_BODY, responses=INFER_OK
 )
-async def infer_version(
-    name: str, version: int, body: InferRequest, request: Request
-) -> dict[str, Any]:
+async def infer_version(name: str, version: int, request: Request) -> Response:
     """Inference with one pinned version."""
-    return await _infer(request, name, version, body)
+    return await _infer(request, name, version)
 
 
-async def _infer(
-    request: Request, name: str, version: int | None, body: InferRequest
-) -> dict[str, Any]:
+async def _infer(request: Request, name: str, version: int | None) -> Response:
     service = service_of(request)
+    try:
+        body, blobs = parse_infer_body(
+            await request.body(), request.headers.get("inference-header-content-length")
+        )
+    except InputError as exc:
+        raise HTTPProblem(400, str(exc)) from None
     loaded = service.route(name, version, request.headers)
     model = loaded.model
-    result = await service.predict(loaded, lambda: decode_inputs(model, body), request.headers)
+    result = await service.predict(
+        loaded, lambda: decode_inputs(model, body, blobs), request.headers
+    )
     try:
         outputs = encode_outputs(result.loaded.model, result.outputs, body.outputs)
-    except Exception as exc:
+    except InputError as exc:
         raise HTTPProblem(400, str(exc)) from None
-    return {
-        "model_name": model.name,
-        "model_version": str(model.version),
-        "id": body.id,
-        "outputs": [o.model_dump() for o in outputs],
-    }
+    header: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
+    if body.id is not None:
+        header["id"] = body.id
+    blobs_out: list[bytes] = []
+    tensors = []
+    for tensor in outputs:
+        entry = tensor.model_dump()
+        if wants_binary(body, tensor.name):
+            blob = to_binary(tensor)
+            blobs_out.append(blob)
+            entry.pop("data")
+            entry["parameters"] = {"binary_data_size": len(blob)}
+        tensors.append(entry)
+    header["outputs"] = tensors
+    if not blobs_out:
+        return JSONResponse(header)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return Response(
+        head + b"".join(blobs_out),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
+
+
+def add_schemas(openapi: dict[str, Any]) -> None:
+    """Put the tensor request schemas (read by hand for the binary extension) into ``openapi``."""
+    schema = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = openapi.setdefault("components", {}).setdefault("schemas", {})
+    components.update(schema.pop("$defs", {}))
+    components["InferRequest"] = schema
 
 
 def _metadata(request: Request, name: str, version: int | None) -> dict[str, Any]:
