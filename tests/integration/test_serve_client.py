@@ -10,7 +10,7 @@ import pytest
 from serve_harness import hold_model, serving, wait_until
 
 import kiln
-from conftest import make_text_package
+from tests.conftest import make_text_package
 from kiln.serve.client import ServerError
 from kiln.serve.config import BatchingConfig, ModelConfig, ServeConfig
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from serve_harness import hold_model, serving, wait_until
 
-from conftest import make_image_package, make_text_package
+from tests.conftest import make_image_package, make_text_package
 from kiln.errors import ConfigError
 from kiln.serve.app import create_app
 from kiln.serve.config import BatchingConfig, ModelConfig, ServeConfig

@@ -7,7 +7,7 @@ import pytest
 import tritonclient.http as httpclient
 from serve_harness import serving
 
-from conftest import make_image_package, make_text_package
+from tests.conftest import make_image_package, make_text_package
 from kiln.serve.config import ModelConfig, ServeConfig
 
 
