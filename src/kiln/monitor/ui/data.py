@@ -32,7 +32,7 @@ class DashboardData:
                             {"version": v, "source": lv.model.source, "precision": lv.model.predictor.manifest.get("precision")}
                             for v, lv in sorted(entry.versions.items())
                         ],
-                        "canary": {str(k): w for k, w in entry.router.weights.items()},
+                        "canary": {str(k): w for k, w in dict(entry.router.weights).items()},
                     }
                 )
         return {"served": served, "registry": self._registry_models()}
