@@ -114,7 +114,9 @@ class AlertEngine:
         with self._lock:
             return sorted(k for k, s in self._states.items() if s.is_firing)
 
-    def evaluate(self, model: str, version: int, values: Mapping[str, float], now: float | None = None) -> list[AlertEvent]:
+    def evaluate(
+        self, model: str, version: int, values: Mapping[str, float], now: float | None = None
+    ) -> list[AlertEvent]:
         """Update every rule for one model version; deliver and return the changes."""
         now = time.time() if now is None else now
         events = []
@@ -128,19 +130,32 @@ class AlertEngine:
                     state.since = now if state.since is None else state.since
                     if not state.is_firing and now - state.since >= cond.for_s:
                         state.is_firing = True
-                        events.append((rule, AlertEvent(rule.name, model, version, FIRING, values.get(cond.key), rule.when, now)))
+                        events.append(
+                            (rule, AlertEvent(rule.name, model, version, FIRING, values.get(cond.key), rule.when, now))
+                        )
                 elif holds is False:
                     state.since = None
                     if state.is_firing:
                         state.is_firing = False
-                        events.append((rule, AlertEvent(rule.name, model, version, RESOLVED, values.get(cond.key), rule.when, now)))
+                        events.append(
+                            (
+                                rule,
+                                AlertEvent(rule.name, model, version, RESOLVED, values.get(cond.key), rule.when, now),
+                            )
+                        )
         for rule, event in events:
             self._deliver(event, rule)
         return [e for _, e in events]
 
     def _deliver(self, event: AlertEvent, rule: AlertRuleConfig) -> None:
         logger.warning(
-            "alert %s %s for %s@%s: %s (value %s)", event.rule, event.state, event.model, event.version, event.condition, event.value
+            "alert %s %s for %s@%s: %s (value %s)",
+            event.rule,
+            event.state,
+            event.model,
+            event.version,
+            event.condition,
+            event.value,
         )
         self.history.add(event)
         for url in {u for u in (self.webhook_url, rule.webhook_url) if u}:

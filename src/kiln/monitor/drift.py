@@ -69,7 +69,9 @@ def numeric_drift(column: str, reference: Sequence[float], current: Sequence[flo
         "js": jensen_shannon(ref_share, cur_share),
     }
     if len(ref) <= SMALL_REFERENCE_ROWS:
-        return ColumnDrift(column, "numeric", "ks", values["ks_p"], P_VALUE_THRESHOLD, values["ks_p"] < P_VALUE_THRESHOLD, values)
+        return ColumnDrift(
+            column, "numeric", "ks", values["ks_p"], P_VALUE_THRESHOLD, values["ks_p"] < P_VALUE_THRESHOLD, values
+        )
     return ColumnDrift(
         column, "numeric", "wasserstein", wasserstein, DISTANCE_THRESHOLD, wasserstein >= DISTANCE_THRESHOLD, values
     )
@@ -95,7 +97,9 @@ def categorical_drift(column: str, reference: Mapping[str, int], current: Mappin
     if ref.sum() <= SMALL_REFERENCE_ROWS:
         return ColumnDrift(column, "categorical", "chi2", chi2_p, P_VALUE_THRESHOLD, chi2_p < P_VALUE_THRESHOLD, values)
     js = values["js"]
-    return ColumnDrift(column, "categorical", "jensen_shannon", js, DISTANCE_THRESHOLD, js >= DISTANCE_THRESHOLD, values)
+    return ColumnDrift(
+        column, "categorical", "jensen_shannon", js, DISTANCE_THRESHOLD, js >= DISTANCE_THRESHOLD, values
+    )
 
 
 def _shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:

@@ -38,7 +38,11 @@ async def feedback(name: str, body: FeedbackRequest, request: Request) -> dict[s
     from kiln.serve.handling import HTTPProblem
 
     monitor = _monitor(request)
-    entry = request.app.state.service.repository.entry(name) if name in request.app.state.service.repository.names() else None
+    entry = (
+        request.app.state.service.repository.entry(name)
+        if name in request.app.state.service.repository.names()
+        else None
+    )
     if entry is None:
         raise HTTPProblem(404, f"unknown model {name!r}")
     if body.label not in next(iter(entry.versions.values())).model.labels:

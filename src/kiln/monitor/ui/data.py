@@ -12,7 +12,9 @@ from typing import Any
 class DashboardData:
     """Collects dashboard JSON from whichever sources exist."""
 
-    def __init__(self, *, service: Any = None, monitor: Any = None, log_dir: Path | None = None, home: Path | None = None) -> None:
+    def __init__(
+        self, *, service: Any = None, monitor: Any = None, log_dir: Path | None = None, home: Path | None = None
+    ) -> None:
         self.service = service
         self.monitor = monitor
         self.log_dir = log_dir or (monitor.folder if monitor is not None else None)
@@ -29,7 +31,11 @@ class DashboardData:
                     {
                         "name": name,
                         "versions": [
-                            {"version": v, "source": lv.model.source, "precision": lv.model.predictor.manifest.get("precision")}
+                            {
+                                "version": v,
+                                "source": lv.model.source,
+                                "precision": lv.model.predictor.manifest.get("precision"),
+                            }
                             for v, lv in sorted(entry.versions.items())
                         ],
                         "canary": {str(k): w for k, w in dict(entry.router.weights).items()},
@@ -49,7 +55,9 @@ class DashboardData:
                         nodes[version.ref] = {"id": version.ref, "precision": version.precision}
                         for edge in reg.store.parent_edges(model.name, version.version):
                             if edge.parent:
-                                edges.append({"parent": edge.parent, "child": edge.child, "transformation": edge.transformation})
+                                edges.append(
+                                    {"parent": edge.parent, "child": edge.child, "transformation": edge.transformation}
+                                )
         for name, version, manifest in self._served_manifests():
             ref = f"{name}@{version}"
             nodes.setdefault(ref, {"id": ref, "precision": manifest.get("precision")})
@@ -119,7 +127,15 @@ class DashboardData:
         for second in sorted(series):
             lat = np.asarray(series[second])
             p50, p95, p99 = np.quantile(lat, [0.5, 0.95, 0.99])
-            points.append({"t": second, "qps": len(requests[second]), "p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99)})
+            points.append(
+                {
+                    "t": second,
+                    "qps": len(requests[second]),
+                    "p50_ms": float(p50),
+                    "p95_ms": float(p95),
+                    "p99_ms": float(p99),
+                }
+            )
         return {"points": points, **self._serve_counters()}
 
     def drift(self) -> list[dict[str, Any]]:
