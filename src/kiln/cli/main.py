@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from kiln.cli.compress import compress
+from kiln.cli.monitor import monitor, ui
 from kiln.cli.registry import app as registry_app
 from kiln.cli.serve import app as serve_app
 from kiln.errors import KilnError
@@ -32,6 +33,8 @@ app.add_typer(recipe_app, name="recipe")
 app.add_typer(registry_app, name="registry")
 app.command("compress")(compress)
 app.add_typer(serve_app, name="serve")
+app.command("monitor")(monitor)
+app.command("ui")(ui)
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="Overrides such as train.epochs=1 data.max_examples=500")]
 

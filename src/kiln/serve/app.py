@@ -104,6 +104,9 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _validation_response(exc)
 
+    from kiln.monitor.service import attach_monitoring
+
+    attach_monitoring(app, config.monitor)
     app.add_middleware(BodyLimit, max_body_bytes=config.max_body_bytes)
     return app
 

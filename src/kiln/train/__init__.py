@@ -49,6 +49,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
     import torch
 
     import kiln.data
+    from kiln.monitor.profile import write_reference_profile
     from kiln.runtime.weights import write_torch_package
     from kiln.train.distributed import barrier, init_from_env, shutdown
     from kiln.train.features import ImageFeatures, TextFeatures
@@ -131,6 +132,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
                 },
                 extra_files=built.extra_files,
             )
+            write_reference_profile(package_dir, list(dataset.validation.inputs))
         barrier(info)
     finally:
         shutdown(info)

@@ -98,6 +98,6 @@ def test_run_writes_package_with_manifest_contract(tmp_path: Path) -> None:
     assert manifest["recipe"]["train"]["max_steps"] == 4
     assert manifest["lineage"]["transformation"] == "train"
     assert set(manifest["metrics"]["validation"]) == {"accuracy", "macro_f1", "loss"}
-    assert set(manifest["files"]) == {"config.json", "model.safetensors", "tokenizer.json"}
+    assert set(manifest["files"]) == {"config.json", "model.safetensors", "tokenizer.json", "reference_profile.json"}
     assert manifest["kiln_version"]
     assert not list((tmp_path / "run").glob(".*partial"))
