@@ -140,16 +140,21 @@ def student_sizes(
     }
 
 
-def build_student(teacher: Any, sizes: dict[str, Any], *, init: str) -> Any:
-    """A randomly initialised student of ``sizes``, then (``teacher-layers``) weight-selected."""
-    from kiln.runtime.architectures import build_text_classifier
-
-    config = copy.deepcopy(teacher.config)
+def student_config(teacher_config: Any, sizes: dict[str, Any]) -> Any:
+    """The teacher's transformers config with the student's depth and widths."""
+    config = copy.deepcopy(teacher_config)
     config.num_hidden_layers = sizes["num_layers"]
     config.hidden_size = sizes["hidden_size"]
     config.num_attention_heads = sizes["num_heads"]
     config.intermediate_size = sizes["intermediate_size"]
-    student = build_text_classifier(config)
+    return config
+
+
+def build_student(teacher: Any, sizes: dict[str, Any], *, init: str) -> Any:
+    """A randomly initialised student of ``sizes``, then (``teacher-layers``) weight-selected."""
+    from kiln.runtime.architectures import build_text_classifier
+
+    student = build_text_classifier(student_config(teacher.config, sizes))
     if init == "teacher-layers":
         select_teacher_weights(student, teacher, sizes["layer_map"])
     return student
