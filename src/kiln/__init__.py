@@ -4,3 +4,12 @@ Importing ``kiln`` is cheap: stages import torch and friends only when they run.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # ``kiln.Client`` without importing the HTTP client until it is used.
+    if name == "Client":
+        from kiln.serve.client import Client
+
+        return Client
+    raise AttributeError(f"module 'kiln' has no attribute {name!r}")

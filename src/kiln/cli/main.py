@@ -18,6 +18,7 @@ import typer
 from kiln.cli.compare import compare
 from kiln.cli.compress import compress
 from kiln.cli.registry import app as registry_app
+from kiln.cli.serve import app as serve_app
 from kiln.errors import KilnError
 
 app = typer.Typer(
@@ -32,6 +33,7 @@ app.add_typer(recipe_app, name="recipe")
 app.add_typer(registry_app, name="registry")
 app.command("compress")(compress)
 app.command("compare")(compare)
+app.add_typer(serve_app, name="serve")
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="Overrides such as train.epochs=1 data.max_examples=500")]
 

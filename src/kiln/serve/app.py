@@ -1,0 +1,204 @@
+"""The ASGI app: routes, error bodies, body-size limit, lifespan that loads and drains models.
+
+Models load in the background once the server listens, so liveness answers at once and
+readiness turns true only when every model is loaded and warmed up. At shutdown (SIGTERM, after
+uvicorn stops accepting and finishes in-flight requests) every batcher drains and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kiln.serve.config import ServeConfig
+from kiln.serve.handling import HTTPProblem, InferenceService
+from kiln.serve.metrics import ServeMetrics
+from kiln.serve.repository import ModelRepository
+from kiln.serve.security import TokenVerifier, is_loopback, read_tokens, token_verifier
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) -> FastAPI:
+    """Build the server's ASGI app for ``config``.
+
+    Args:
+        config: models and server settings.
+        verifier: checks bearer tokens; built from ``config.token_file`` when empty.
+
+    Raises:
+        ConfigError: a non-loopback bind without tokens, or an unreadable token file.
+    """
+    from kiln import __version__
+    from kiln.errors import ConfigError
+    from kiln.serve import rest, v2
+
+    if verifier is None and config.token_file is not None:
+        verifier = token_verifier(read_tokens(config.token_file))
+    is_public = not is_loopback(config.host)
+    if is_public and verifier is None:
+        raise ConfigError(
+            f"binding to {config.host} (not loopback) needs bearer tokens: pass --token-file"
+        )
+    metrics = ServeMetrics()
+    repository = ModelRepository(config, metrics)
+    service = InferenceService(
+        config=config,
+        repository=repository,
+        metrics=metrics,
+        verifier=verifier,
+        is_auth_required=is_public,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.get_running_loop().create_task(_load(repository))
+        app.state.loading = loading
+        try:
+            yield
+        finally:
+            service.is_shutting_down = True
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loading
+            await repository.stop()
+
+    app = FastAPI(
+        title="Kiln model server",
+        version=__version__,
+        summary="REST and Open Inference Protocol (v2) inference with dynamic batching.",
+        lifespan=lifespan,
+        # JSON bodies are read whatever the Content-Type says: curl and many clients omit it.
+        strict_content_type=False,
+    )
+    app.state.service = service
+    app.include_router(rest.router)
+    app.include_router(v2.router)
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            v2.add_schemas(default_openapi())
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics(request: Request) -> Response:
+        service.authorize(request.headers.get("authorization"), is_management=False)
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    @app.exception_handler(HTTPProblem)
+    async def on_problem(request: Request, exc: HTTPProblem) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_response(exc)
+
+    app.add_middleware(BodyLimit, max_body_bytes=config.max_body_bytes)
+    return app
+
+
+async def _load(repository: ModelRepository) -> None:
+    try:
+        await repository.start()
+    except Exception:
+        logger.exception("loading models failed; the server stays not ready")
+        raise
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    messages = []
+    status = 422
+    for err in errors[:5]:
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        field = ".".join(loc) or "body"
+        if err.get("type") == "json_invalid":
+            status = 400
+            messages.append(f"body: not valid JSON ({err.get('ctx', {}).get('error', err['msg'])})")
+        else:
+            messages.append(f"{field}: {err['msg']}")
+    return JSONResponse({"error": "; ".join(messages)}, status_code=status)
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_body_bytes`` with 413 before the app reads them.
+
+    Every body this API takes is JSON, so a body sent as a form (``curl -d`` does that) is read
+    as JSON too, instead of failing on its Content-Type.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if headers.get(b"content-type", b"").startswith(b"application/x-www-form-urlencoded"):
+            scope = dict(scope)
+            scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope["headers"].append((b"content-type", b"application/json"))
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._refuse(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await self._refuse(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        is_replayed = False
+
+        async def replay() -> Message:
+            nonlocal is_replayed
+            if not is_replayed:
+                is_replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse(
+            {"error": f"request body larger than the limit of {self.max_body_bytes} bytes"},
+            status_code=413,
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(k, v) for k, v in response.raw_headers] + [(b"connection", b"close")],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+
+def app_from_environment() -> Any:
+    """App factory for ``--workers N``: each worker reads the config from the environment."""
+    import os
+
+    config = ServeConfig.model_validate_json(os.environ["KILN_SERVE_CONFIG"])
+    return create_app(config)

@@ -1,0 +1,133 @@
+"""Typed settings of ``kiln serve``: the server, each model, its batcher.
+
+A serve YAML lists only what differs from these defaults; unknown keys are refused with the key
+path and the keys allowed there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kiln.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class BatchingConfig(_Section):
+    # Dynamic batching on (default) or one inference call per request.
+    enabled: bool = True
+    # Most inputs in one model call; a single larger request still runs, alone.
+    max_batch_size: int = Field(default=32, ge=1)
+    # Longest a request waits for others to join its batch (upper bound of the adaptive delay).
+    max_queue_delay_ms: float = Field(default=2.0, ge=0.0)
+    # Batch sizes dispatched at once without waiting (Triton's preferred_batch_size).
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    # Shorten the delay at light load from the measured arrival rate and batch latency.
+    adaptive: bool = True
+    # Most requests waiting in the queue; beyond it requests get 503 with Retry-After.
+    max_queue_size: int = Field(default=256, ge=1)
+    # Batches computed at the same time (threads of this model's executor).
+    max_concurrent_batches: int = Field(default=1, ge=1)
+    # Sort a batch's texts by token length and run chunks of this many, so padding stays short.
+    compute_chunk_size: int = Field(default=16, ge=1)
+
+    @model_validator(mode="after")
+    def _check_preferred(self) -> BatchingConfig:
+        for size in self.preferred_batch_sizes:
+            if not 1 <= size <= self.max_batch_size:
+                raise ValueError(
+                    f"preferred_batch_sizes must lie in 1..max_batch_size={self.max_batch_size}, "
+                    f"got {size}"
+                )
+        return self
+
+
+class ModelConfig(_Section):
+    # Name clients use in URLs; the package's manifest name when empty.
+    name: str | None = None
+    # Version number -> package folder or registry reference (name@version, name@alias).
+    versions: dict[int, str] = Field(min_length=1)
+    # Share of traffic per version, e.g. {3: 90, 4: 10}; the newest version takes all when empty.
+    canary: dict[int, int] = Field(default_factory=dict)
+    # Request header whose value pins a client to one canary version (sticky routing).
+    sticky_header: str | None = None
+    # Batcher settings of this model.
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+
+    @model_validator(mode="after")
+    def _check_canary(self) -> ModelConfig:
+        unknown = sorted(set(self.canary) - set(self.versions))
+        if unknown:
+            raise ValueError(f"canary names versions {unknown} that are not in versions")
+        if self.canary and (
+            any(w < 0 for w in self.canary.values()) or not sum(self.canary.values())
+        ):
+            raise ValueError(f"canary weights must be >= 0 with a positive sum, got {self.canary}")
+        return self
+
+
+class ServeConfig(_Section):
+    # Models served by this process.
+    models: list[ModelConfig] = Field(default_factory=list)
+    # Interface to bind; anything but loopback requires a token file.
+    host: str = "127.0.0.1"
+    # TCP port.
+    port: int = Field(default=8000, ge=0, le=65535)
+    # Server processes (each loads every model).
+    workers: int = Field(default=1, ge=1)
+    # File of bearer tokens, one per line; required for a non-loopback bind and for management.
+    token_file: Path | None = None
+    # Largest request body accepted; larger bodies get 413.
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+    # Most inputs in one request; more get 413.
+    max_request_inputs: int = Field(default=1024, ge=1)
+    # Deadline of a request when the client sends no X-Request-Timeout-Ms header.
+    request_timeout_ms: float = Field(default=10_000.0, gt=0)
+    # Seconds given to in-flight requests after SIGTERM before the process exits.
+    grace_period_s: float = Field(default=10.0, ge=0)
+    # Intra-op threads of the engines; 1 avoids oversubscribing cores with the server's threads.
+    num_threads: int = Field(default=1, ge=1)
+    # Device for the engines: cpu, cuda...; CUDA when present if empty.
+    device: str | None = None
+    # Seconds between checks of alias references (name@alias) for a moved alias; 0 is off.
+    watch_interval_s: float = Field(default=0.0, ge=0)
+
+
+def load_serve_config(path: str | Path, **cli: Any) -> ServeConfig:
+    """Read a serve YAML and merge command-line settings (those not None) over it.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or does not validate.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"serve config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {type(raw).__name__}")
+    return parse_serve_config(raw, source=str(path), **cli)
+
+
+def parse_serve_config(
+    raw: dict[str, Any], source: str = "<serve config>", **cli: Any
+) -> ServeConfig:
+    """Validate a mapping (plus command-line settings) into a ``ServeConfig``."""
+    merged = dict(raw)
+    merged.update({k: v for k, v in cli.items() if v is not None})
+    try:
+        return ServeConfig.model_validate(merged)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"{key}: {err['msg']}")
+        raise ConfigError(f"{source}: invalid serve config:\n  " + "\n  ".join(lines)) from None

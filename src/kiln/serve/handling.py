@@ -1,0 +1,192 @@
+"""One inference request from parsed body to outputs, shared by the REST and v2 protocols.
+
+Routing, input checks, deadline, batching, metrics and prediction observers happen here once;
+every failure becomes an ``HTTPProblem`` with the status a client can act on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kiln.runtime.preprocessing import InputError
+from kiln.serve.batching import BatcherStoppedError, DeadlineExceededError, QueueFullError
+from kiln.serve.config import ServeConfig
+from kiln.serve.metrics import ServeMetrics
+from kiln.serve.models import ModelLoadError
+from kiln.serve.repository import (
+    LoadedVersion,
+    ModelRepository,
+    PredictionRecord,
+    UnknownModelError,
+)
+from kiln.serve.security import TokenVerifier, bearer_token
+
+TIMEOUT_HEADER = "x-request-timeout-ms"
+
+
+class HTTPProblem(Exception):
+    """An error answered as ``{"error": message}`` with an HTTP status (and headers)."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+@dataclass
+class Prediction:
+    """Outputs of one request and the version that produced them."""
+
+    loaded: LoadedVersion
+    outputs: list[dict[str, Any]]
+
+
+@dataclass
+class InferenceService:
+    """The server's state as request handlers see it."""
+
+    config: ServeConfig
+    repository: ModelRepository
+    metrics: ServeMetrics
+    verifier: TokenVerifier | None  # None: no tokens configured
+    is_auth_required: bool  # every non-health endpoint asks for a token
+    is_shutting_down: bool = field(default=False)
+
+    def authorize(self, authorization: str | None, *, is_management: bool) -> None:
+        """Check the bearer token where one is needed.
+
+        Raises:
+            HTTPProblem: 401 without a valid token, 403 when management has no tokens at all.
+        """
+        if not (is_management or self.is_auth_required):
+            return
+        if self.verifier is None:
+            raise HTTPProblem(
+                403,
+                "management endpoints are disabled: start the server with "
+                "--token-file to enable them",
+            )
+        token = bearer_token(authorization)
+        if token is None or not self.verifier(token):
+            raise HTTPProblem(
+                401,
+                "a valid bearer token is required (Authorization: Bearer ...)",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    def deadline(self, headers: Mapping[str, str]) -> float:
+        """The request's deadline on ``time.monotonic()``.
+
+        Raises:
+            HTTPProblem: 400 for a timeout header that is not a positive number.
+        """
+        raw = headers.get(TIMEOUT_HEADER)
+        timeout_ms = self.config.request_timeout_ms
+        if raw is not None:
+            try:
+                timeout_ms = float(raw)
+            except ValueError:
+                timeout_ms = -1.0
+            if not (timeout_ms > 0 and math.isfinite(timeout_ms)):
+                raise HTTPProblem(
+                    400,
+                    f"header X-Request-Timeout-Ms: expected a positive number "
+                    f"of milliseconds, got {raw!r}",
+                )
+        return time.monotonic() + timeout_ms / 1000.0
+
+    def route(self, name: str, version: int | None, headers: Mapping[str, str]) -> LoadedVersion:
+        """The version that answers, or 404 / 503 (still loading)."""
+        try:
+            entry = self.repository.entry(name)
+            key = (
+                headers.get(entry.router.sticky_header.lower())
+                if entry.router.sticky_header
+                else None
+            )
+            return self.repository.route(name, version, key)
+        except UnknownModelError as exc:
+            if not self.repository.is_ready and not self.is_shutting_down:
+                raise HTTPProblem(
+                    503, f"{exc} (the server is still loading models)", {"Retry-After": "1"}
+                ) from None
+            self.metrics.requests.labels(name, "" if version is None else str(version), "404").inc()
+            raise HTTPProblem(404, str(exc)) from None
+
+    async def predict(
+        self,
+        loaded: LoadedVersion,
+        decode: Callable[[], list[Any]],
+        headers: Mapping[str, str],
+    ) -> Prediction:
+        """Decode and check inputs, run them through the batcher, record metrics.
+
+        Raises:
+            HTTPProblem: 400 bad inputs, 413 too many inputs, 503 queue full or stopping,
+                504 deadline exceeded, 500 a failure inside the model.
+        """
+        model = loaded.model
+        labels = (model.name, str(model.version))
+        start = time.perf_counter()
+        status = 500
+        self.metrics.in_flight.inc()
+        try:
+            deadline = self.deadline(headers)
+            inputs = model.check_inputs(decode())
+            if len(inputs) > self.config.max_request_inputs:
+                raise HTTPProblem(
+                    413,
+                    f"inputs: {len(inputs)} inputs in one request; the limit "
+                    f"is {self.config.max_request_inputs}",
+                )
+            result = await loaded.predict(inputs, deadline=deadline)
+            self.metrics.queue_time.labels(*labels).observe(result.queue_s)
+            status = 200
+            latency_s = time.perf_counter() - start
+            self.metrics.latency.labels(*labels).observe(latency_s)
+            if self.repository.observers:
+                self.repository.notify(
+                    PredictionRecord(
+                        model=model.name,
+                        version=model.version,
+                        inputs=inputs,
+                        outputs=result.outputs,
+                        latency_s=latency_s,
+                        timestamp=time.time(),
+                    )
+                )
+            return Prediction(loaded=loaded, outputs=result.outputs)
+        except HTTPProblem as exc:
+            status = exc.status
+            raise
+        except InputError as exc:
+            status = 400
+            raise HTTPProblem(400, str(exc)) from None
+        except QueueFullError as exc:
+            status = 503
+            raise HTTPProblem(
+                503, str(exc), {"Retry-After": str(math.ceil(exc.retry_after_s))}
+            ) from None
+        except BatcherStoppedError as exc:
+            status = 503
+            raise HTTPProblem(503, str(exc), {"Retry-After": "1"}) from None
+        except DeadlineExceededError as exc:
+            status = 504
+            raise HTTPProblem(504, str(exc)) from None
+        except Exception as exc:  # a failure inside the model: the client learns what failed
+            raise HTTPProblem(
+                500, f"model {model.name} version {model.version} failed: {exc}"
+            ) from exc
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.requests.labels(*labels, str(status)).inc()
+
+
+def load_problem(exc: ModelLoadError) -> HTTPProblem:
+    """A failed load as a 400 that says the old version keeps serving."""
+    return HTTPProblem(400, f"{exc}; the versions already loaded keep serving")

@@ -1,0 +1,247 @@
+"""A model package as the server runs it: where it comes from, input checks, batched predict.
+
+Packages are loaded only through ``kiln.runtime.load`` from a local folder, or from a registry
+reference (``name@version``, ``name@alias``) that the registry resolves to a local folder. No URL
+is ever fetched and no pickle is ever read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kiln.errors import KilnError
+from kiln.runtime import Predictor
+from kiln.runtime.preprocessing import InputError
+
+_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)@(?P<tag>[A-Za-z0-9_.-]+)$")
+
+
+class ModelLoadError(KilnError):
+    """A model source that cannot be resolved, loaded or warmed up."""
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """A model source resolved to a local package folder."""
+
+    path: Path  # the package folder
+    name: str | None  # the registry name when the source was a reference
+    version: int | None  # the version number the reference named or resolved to
+    is_alias: bool  # the reference names an alias that may move (hot reload watches it)
+
+
+def resolve_source(source: str) -> ResolvedSource:
+    """Resolve a package folder or a registry reference to a local folder.
+
+    Raises:
+        ModelLoadError: a URL, a missing folder, or a reference without a registry.
+    """
+    if "://" in source:
+        raise ModelLoadError(
+            f"{source}: loading models from URLs is not allowed; give a package "
+            "folder or a registry reference name@version / name@alias"
+        )
+    path = Path(source)
+    if path.is_dir():
+        return ResolvedSource(path=path, name=None, version=None, is_alias=False)
+    match = _REF.match(source)
+    if match is None:
+        raise ModelLoadError(
+            f"{source}: not a package folder, nor a reference name@version / name@alias"
+        )
+    try:
+        from kiln.registry import resolve_reference  # type: ignore[attr-defined]
+    except ImportError:
+        raise ModelLoadError(
+            f"{source}: registry references need the Kiln registry, which is not available "
+            "here; give a package folder instead"
+        ) from None
+    try:
+        resolved = Path(resolve_reference(source))
+    except KilnError as exc:
+        raise ModelLoadError(f"{source}: {exc}") from exc
+    tag = match["tag"]
+    version = int(tag) if tag.isdigit() else _version_of(resolved)
+    return ResolvedSource(
+        path=resolved, name=match["name"], version=version, is_alias=not tag.isdigit()
+    )
+
+
+def _version_of(path: Path) -> int | None:
+    from kiln.runtime import read_manifest
+
+    manifest = read_manifest(path, verify=False)
+    for candidate in (
+        manifest.get("version"),
+        (manifest.get("registry") or {}).get("version"),
+        path.name,
+    ):
+        if isinstance(candidate, int) or (isinstance(candidate, str) and candidate.isdigit()):
+            return int(candidate)
+    return None
+
+
+class ServedModel:
+    """One loaded package version: checks raw inputs and predicts whole batches."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        version: int,
+        predictor: Predictor,
+        source: str,
+        chunk_size: int = 16,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.predictor = predictor
+        self.source = source
+        self.chunk_size = chunk_size
+        self.labels = predictor.labels
+        self.kind: str = predictor.manifest["preprocessing"]["kind"]
+        prep = predictor.manifest["preprocessing"]
+        self.image_shape: tuple[int, ...] = tuple(int(s) for s in prep.get("shape", ()))
+        self.max_length: int | None = int(prep["max_length"]) if "max_length" in prep else None
+
+    def check_inputs(self, inputs: list[Any]) -> list[Any]:
+        """Validate raw inputs on the caller's thread so that one bad input never fails a batch.
+
+        Returns the inputs ready for ``predict_batch`` (images as float32 arrays).
+
+        Raises:
+            InputError: naming the index of the first bad input.
+        """
+        if not inputs:
+            raise InputError("inputs: expected a non-empty list")
+        if self.kind == "text":
+            for i, text in enumerate(inputs):
+                if not isinstance(text, str):
+                    raise InputError(f"inputs[{i}]: expected a string, got {type(text).__name__}")
+            return inputs
+        size = int(np.prod(self.image_shape))
+        checked = []
+        for i, image in enumerate(inputs):
+            if isinstance(image, (str, bytes)):
+                raise InputError(f"inputs[{i}]: expected a numeric array, got a string")
+            try:
+                arr = np.asarray(image, dtype=np.float32)
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"inputs[{i}]: expected a numeric array of shape {list(self.image_shape)}"
+                ) from None
+            if arr.size != size:
+                raise InputError(
+                    f"inputs[{i}]: expected {size} values (shape "
+                    f"{list(self.image_shape)}), got {arr.size}"
+                )
+            if not np.isfinite(arr).all():
+                raise InputError(f"inputs[{i}]: values must be finite numbers")
+            checked.append(arr)
+        return checked
+
+    def predict_batch(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        """Predict checked inputs; texts are grouped by token length so padding stays short."""
+        if self.kind == "text":
+            return self._predict_texts(inputs)
+        prep = self.predictor.preprocessor
+        probs = _softmax(self.predictor.engine(prep.normalize(prep.to_unit(inputs))))  # type: ignore[union-attr]
+        return [self._output(row) for row in probs]
+
+    def warm_up(self) -> None:
+        """Run a few batches so the first real request does not pay one-off costs."""
+        for n in (1, min(4, self.chunk_size)):
+            if self.kind == "text":
+                self.predict_batch(["warm up the model"] * n)
+            else:
+                self.predict_batch([np.zeros(self.image_shape, dtype=np.float32)] * n)
+
+    def _predict_texts(self, texts: list[str]) -> list[dict[str, Any]]:
+        prep = self.predictor.preprocessor
+        encodings = prep.tokenizer.encode_batch(texts)  # type: ignore[union-attr]
+        ids = [enc.ids for enc in encodings]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        probs = np.empty((len(ids), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(order), self.chunk_size):
+            chunk = order[start : start + self.chunk_size]
+            logits = self.predictor.engine(prep.collate([ids[i] for i in chunk]))  # type: ignore[union-attr]
+            probs[chunk] = _softmax(logits)
+        return [
+            self._output(row, truncated=bool(enc.overflowing))
+            for row, enc in zip(probs, encodings, strict=True)
+        ]
+
+    def _output(self, row: np.ndarray, truncated: bool | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "label": self.labels[int(row.argmax())],
+            "scores": {label: float(p) for label, p in zip(self.labels, row, strict=True)},
+        }
+        if truncated is not None:
+            out["truncated"] = truncated
+        return out
+
+
+def load_served_model(
+    *,
+    name: str | None,
+    version: int | None,
+    source: str,
+    device: str | None,
+    num_threads: int,
+    chunk_size: int,
+    loader: Callable[..., Predictor] | None = None,
+) -> ServedModel:
+    """Resolve, load and warm up one version (blocking; run it off the event loop).
+
+    Raises:
+        ModelLoadError: the source cannot be resolved or the package fails to load or warm up.
+    """
+    from kiln.runtime import load
+
+    resolved = resolve_source(source)
+    try:
+        predictor = (loader or load)(resolved.path, device=device, num_threads=num_threads)
+    except KilnError as exc:
+        raise ModelLoadError(f"{source}: {exc}") from exc
+    served = ServedModel(
+        name=name or resolved.name or str(predictor.manifest.get("name") or resolved.path.name),
+        version=version if version is not None else (resolved.version or 1),
+        predictor=predictor,
+        source=source,
+        chunk_size=chunk_size,
+    )
+    try:
+        served.warm_up()
+    except Exception as exc:
+        raise ModelLoadError(f"{source}: warm-up failed: {exc}") from exc
+    return served
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def read_source_identity(source: str) -> tuple[str, int]:
+    """The (name, version) a source serves as, read from its manifest without loading weights.
+
+    Raises:
+        ModelLoadError: the source does not resolve to a package.
+    """
+    from kiln.runtime import read_manifest
+
+    resolved = resolve_source(source)
+    try:
+        manifest = read_manifest(resolved.path, verify=False)
+    except KilnError as exc:
+        raise ModelLoadError(f"{source}: {exc}") from exc
+    name = resolved.name or str(manifest.get("name") or resolved.path.name)
+    version = resolved.version if resolved.version is not None else _version_of(resolved.path)
+    return name, version if version is not None else 1

@@ -1,0 +1,291 @@
+"""Every model and version the server holds, and the atomic switches between them.
+
+A model's state is one immutable ``ModelEntry`` (its versions and its router) kept in a dict.
+Loading a version happens off the event loop (resolve, load, warm up); only when it is ready is
+a new entry built and swapped in with one assignment, so a request sees either the old or the new
+set of versions, never a half-loaded one. A replaced version's batcher then drains its queue
+before it stops, so no request fails during a switch; a version that fails to load leaves the
+old one serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kiln.errors import KilnError
+from kiln.serve.batching import Batcher
+from kiln.serve.config import BatchingConfig, ModelConfig, ServeConfig
+from kiln.serve.metrics import ServeMetrics
+from kiln.serve.models import ServedModel, load_served_model, resolve_source
+from kiln.serve.routing import Router
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownModelError(KilnError):
+    """No model (or version) of that name is loaded."""
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One answered request, handed to prediction observers (e.g. a monitoring logger)."""
+
+    model: str  # the model name
+    version: int  # the version that answered
+    inputs: list[Any]  # the checked raw inputs
+    outputs: list[dict[str, Any]]  # one output per input
+    latency_s: float  # request latency inside the server
+    timestamp: float  # wall-clock time (time.time()) of the answer
+
+
+PredictionObserver = Callable[[PredictionRecord], None]
+
+
+@dataclass
+class LoadedVersion:
+    """A version that serves: the model, its batcher and the threads it computes on."""
+
+    model: ServedModel
+    batcher: Batcher
+    executor: ThreadPoolExecutor
+    loaded_at: float = field(default_factory=time.time)
+
+    async def predict(self, inputs: list[Any], *, deadline: float | None) -> Any:
+        """Submit checked inputs through the batcher (or straight to the model when off)."""
+        return await self.batcher.submit(inputs, deadline=deadline)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model's loaded versions and its routing; replaced whole, never mutated."""
+
+    name: str
+    versions: Mapping[int, LoadedVersion]
+    router: Router
+
+
+class ModelRepository:
+    """Loads, routes to, reloads and unloads model versions."""
+
+    def __init__(self, config: ServeConfig, metrics: ServeMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.observers: list[PredictionObserver] = []  # called after every answered request
+        self._entries: dict[str, ModelEntry] = {}
+        self._batching: dict[str, BatchingConfig] = {}
+        self._sources: dict[tuple[str, int], str] = {}
+        self._lock = asyncio.Lock()
+        self._is_ready = False
+        self._watch_task: asyncio.Task[None] | None = None
+
+    @property
+    def is_ready(self) -> bool:
+        """True once every configured model is loaded and warmed up, until shutdown."""
+        return self._is_ready
+
+    def names(self) -> list[str]:
+        """Names of the loaded models."""
+        return sorted(self._entries)
+
+    def entry(self, name: str) -> ModelEntry:
+        """The current entry of a model.
+
+        Raises:
+            UnknownModelError: no model of that name.
+        """
+        entry = self._entries.get(name)
+        if entry is None:
+            known = ", ".join(self.names()) or "none"
+            raise UnknownModelError(f"unknown model {name!r}; loaded models: {known}")
+        return entry
+
+    def route(self, name: str, version: int | None = None, key: str | None = None) -> LoadedVersion:
+        """The version that answers a request: ``version`` if given, else the router's choice.
+
+        Raises:
+            UnknownModelError: unknown model or version.
+        """
+        entry = self.entry(name)
+        if version is None:
+            version = entry.router.choose(list(entry.versions), key)
+        loaded = entry.versions.get(version)
+        if loaded is None:
+            known = ", ".join(str(v) for v in sorted(entry.versions))
+            raise UnknownModelError(f"model {name!r} has no version {version}; loaded: {known}")
+        return loaded
+
+    async def start(self) -> None:
+        """Load and warm up every configured model version, then report ready."""
+        for model_cfg in self.config.models:
+            await self.load_model(model_cfg)
+        if self.config.watch_interval_s > 0:
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch_aliases())
+        self._is_ready = True
+
+    async def stop(self) -> None:
+        """Report not ready, finish queued requests and stop every batcher."""
+        self._is_ready = False
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        entries, self._entries = list(self._entries.values()), {}
+        for entry in entries:
+            for version, loaded in entry.versions.items():
+                await self._retire(entry.name, version, loaded)
+
+    async def load_model(self, model_cfg: ModelConfig) -> None:
+        """Load all versions of a configured model and apply its canary weights."""
+        name = model_cfg.name
+        for version, source in sorted(model_cfg.versions.items()):
+            loaded = await self.load_version(name, version, source, batching=model_cfg.batching)
+            name = loaded.model.name
+        if model_cfg.canary or model_cfg.sticky_header:
+            self.set_routing(name, model_cfg.canary, model_cfg.sticky_header)
+
+    async def load_version(
+        self,
+        name: str | None,
+        version: int | None,
+        source: str,
+        *,
+        batching: BatchingConfig | None = None,
+    ) -> LoadedVersion:
+        """Load, warm up and switch in one version; the previous holder of that version drains.
+
+        Raises:
+            ModelLoadError: the new version failed; whatever was serving keeps serving.
+        """
+        async with self._lock:
+            cfg = batching or self._batching.get(name or "", BatchingConfig())
+            served = await asyncio.to_thread(
+                load_served_model,
+                name=name,
+                version=version,
+                source=source,
+                device=self.config.device,
+                num_threads=self.config.num_threads,
+                chunk_size=cfg.compute_chunk_size,
+            )
+            loaded = self._start_version(served, cfg)
+            old_entry = self._entries.get(served.name)
+            versions = dict(old_entry.versions) if old_entry else {}
+            replaced = versions.get(served.version)
+            versions[served.version] = loaded
+            router = old_entry.router if old_entry else Router()
+            self._entries[served.name] = ModelEntry(served.name, versions, router)  # the switch
+            self._batching[served.name] = cfg
+            self._sources[(served.name, served.version)] = source
+            self.metrics.models_loaded.set(self._count_versions())
+            logger.info("serving %s version %s from %s", served.name, served.version, source)
+        if replaced is not None:
+            await self._retire(served.name, served.version, replaced)
+        return loaded
+
+    async def unload_version(self, name: str, version: int) -> None:
+        """Stop routing to a version, let its queued requests finish, then free it.
+
+        Raises:
+            UnknownModelError: unknown model or version, or the model's last version.
+        """
+        async with self._lock:
+            entry = self.entry(name)
+            if version not in entry.versions:
+                raise UnknownModelError(f"model {name!r} has no version {version}")
+            if len(entry.versions) == 1:
+                raise UnknownModelError(
+                    f"version {version} is the last of model {name!r}; load another first"
+                )
+            versions = {v: lv for v, lv in entry.versions.items() if v != version}
+            loaded = entry.versions[version]
+            self._entries[name] = ModelEntry(name, versions, entry.router.without(version))
+            self._sources.pop((name, version), None)
+            self.metrics.models_loaded.set(self._count_versions())
+        await self._retire(name, version, loaded)
+
+    def set_routing(
+        self, name: str, weights: Mapping[int, int], sticky_header: str | None
+    ) -> Router:
+        """Set a model's canary weights (empty: newest version) and sticky header.
+
+        Raises:
+            UnknownModelError: unknown model, or weights naming a version that is not loaded.
+        """
+        entry = self.entry(name)
+        missing = sorted(set(weights) - set(entry.versions))
+        if missing:
+            raise UnknownModelError(
+                f"model {name!r}: canary names versions {missing} that are "
+                f"not loaded ({sorted(entry.versions)})"
+            )
+        router = Router.from_weights(weights, sticky_header)
+        self._entries[name] = replace(entry, router=router)
+        return router
+
+    def notify(self, record: PredictionRecord) -> None:
+        """Hand a record to every observer; an observer's failure never fails the request."""
+        for observer in self.observers:
+            try:
+                observer(record)
+            except Exception:
+                logger.exception("prediction observer %r failed", observer)
+
+    def _start_version(self, served: ServedModel, cfg: BatchingConfig) -> LoadedVersion:
+        executor = ThreadPoolExecutor(
+            max_workers=cfg.max_concurrent_batches, thread_name_prefix=f"kiln-{served.name}"
+        )
+        labels = (served.name, str(served.version))
+
+        async def handler(inputs: list[Any]) -> list[dict[str, Any]]:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(executor, served.predict_batch, inputs)
+
+        def on_batch(size: int, compute_s: float) -> None:
+            self.metrics.batch_size.labels(*labels).observe(size)
+            self.metrics.compute_time.labels(*labels).observe(compute_s)
+
+        # Batching off is a batcher that never groups requests: one model call per request.
+        effective = (
+            cfg
+            if cfg.enabled
+            else cfg.model_copy(
+                update={"max_batch_size": 1, "max_queue_delay_ms": 0.0, "preferred_batch_sizes": []}
+            )
+        )
+        batcher = Batcher(
+            handler, effective, name=f"{served.name}:{served.version}", on_batch=on_batch
+        )
+        batcher.start()
+        self.metrics.track_queue(served.name, served.version, lambda: batcher.depth)
+        return LoadedVersion(model=served, batcher=batcher, executor=executor)
+
+    async def _retire(self, name: str, version: int, loaded: LoadedVersion) -> None:
+        await loaded.batcher.stop(drain=True)
+        loaded.executor.shutdown(wait=False)
+        if name not in self._entries or version not in self._entries[name].versions:
+            self.metrics.forget_version(name, version)
+
+    def _count_versions(self) -> int:
+        return sum(len(e.versions) for e in self._entries.values())
+
+    async def _watch_aliases(self) -> None:
+        """Reload a version whose alias reference now resolves to another package folder."""
+        while True:
+            await asyncio.sleep(self.config.watch_interval_s)
+            for (name, version), source in list(self._sources.items()):
+                try:
+                    resolved = await asyncio.to_thread(resolve_source, source)
+                    if not resolved.is_alias:
+                        continue
+                    current = self._entries[name].versions[version].model.predictor.path
+                    if resolved.path.resolve() == current.resolve():
+                        continue
+                    await self.load_version(name, resolved.version, source)
+                    if resolved.version is not None and resolved.version != version:
+                        await self.unload_version(name, version)
+                except Exception as exc:  # keep serving the old version; try again next time
+                    logger.warning("reload of %s@%s from %s failed: %s", name, version, source, exc)

@@ -1,0 +1,224 @@
+"""The batcher, driven deterministically: batches are held open with ``asyncio.Event``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from kiln.serve.batching import (
+    Batcher,
+    BatcherStoppedError,
+    BatchOutputError,
+    DeadlineExceededError,
+    QueueFullError,
+)
+from kiln.serve.config import BatchingConfig
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class HeldHandler:
+    """Records each batch; the first ``hold`` batches wait until ``release`` is set."""
+
+    def __init__(self, hold: int = 1) -> None:
+        self.batches: list[list[Any]] = []
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.hold = hold
+
+    async def __call__(self, inputs: list[Any]) -> Sequence[Any]:
+        self.batches.append(list(inputs))
+        self.started.set()
+        if len(self.batches) <= self.hold:
+            await self.release.wait()
+        return [x * 10 for x in inputs]
+
+
+def config(**kw: Any) -> BatchingConfig:
+    defaults: dict[str, Any] = {"max_batch_size": 8, "max_queue_delay_ms": 0.0, "adaptive": False}
+    return BatchingConfig(**(defaults | kw))
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_batcher_groups_requests_that_queue_while_a_batch_computes() -> None:
+    handler = HeldHandler()
+    batcher = Batcher(handler, config())
+    batcher.start()
+    first = asyncio.create_task(batcher.submit([1]))
+    await handler.started.wait()
+    rest = [asyncio.create_task(batcher.submit([x])) for x in (2, 3, 4)]
+    await settle()
+    assert batcher.depth == 3
+    handler.release.set()
+    results = await asyncio.gather(first, *rest)
+    await batcher.stop()
+    assert handler.batches == [[1], [2, 3, 4]]
+    assert [r.outputs for r in results] == [[10], [20], [30], [40]]
+    assert [r.batch_size for r in results] == [1, 3, 3, 3]
+
+
+async def test_batcher_splits_at_max_batch_size_and_keeps_request_order() -> None:
+    handler = HeldHandler()
+    batcher = Batcher(handler, config(max_batch_size=3))
+    batcher.start()
+    first = asyncio.create_task(batcher.submit([0]))
+    await handler.started.wait()
+    rest = [asyncio.create_task(batcher.submit([x, x])) for x in (1, 2, 3)]
+    await settle()
+    handler.release.set()
+    results = await asyncio.gather(first, *rest)
+    await batcher.stop()
+    assert handler.batches == [[0], [1, 1], [2, 2], [3, 3]]
+    assert results[2].outputs == [20, 20]
+
+
+async def test_batcher_runs_a_request_larger_than_max_batch_size_alone() -> None:
+    handler = HeldHandler(hold=0)
+    batcher = Batcher(handler, config(max_batch_size=2))
+    batcher.start()
+    result = await batcher.submit([1, 2, 3])
+    await batcher.stop()
+    assert result.outputs == [10, 20, 30]
+    assert handler.batches == [[1, 2, 3]]
+
+
+async def test_batcher_dispatches_a_preferred_size_without_waiting_for_the_delay() -> None:
+    handler = HeldHandler()
+    # A one-hour delay: reaching the preferred size is the only way the batch can go.
+    batcher = Batcher(handler, config(max_queue_delay_ms=3_600_000.0, preferred_batch_sizes=[2]))
+    batcher.start()
+    first = asyncio.create_task(batcher.submit([1, 2]))
+    await asyncio.wait_for(handler.started.wait(), timeout=10)
+    handler.release.set()
+    assert (await first).outputs == [10, 20]
+    await batcher.stop()
+
+
+async def test_batcher_fails_every_request_of_a_batch_whose_handler_raises() -> None:
+    gate = asyncio.Event()
+
+    async def broken(inputs: list[Any]) -> Sequence[Any]:
+        await gate.wait()
+        raise ValueError("engine exploded")
+
+    batcher = Batcher(broken, config())
+    batcher.start()
+    tasks = [asyncio.create_task(batcher.submit([x])) for x in range(3)]
+    await settle()
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    await batcher.stop()
+    assert all(isinstance(r, ValueError) and "exploded" in str(r) for r in results)
+
+
+async def test_batcher_fails_a_batch_whose_output_count_differs_from_its_inputs() -> None:
+    async def short(inputs: list[Any]) -> Sequence[Any]:
+        return inputs[:-1]
+
+    batcher = Batcher(short, config())
+    batcher.start()
+    with pytest.raises(BatchOutputError, match="returned 1 outputs for 2 inputs"):
+        await batcher.submit([1, 2])
+    await batcher.stop()
+
+
+async def test_batcher_refuses_requests_beyond_the_queue_bound_with_a_retry_hint() -> None:
+    handler = HeldHandler()
+    batcher = Batcher(handler, config(max_queue_size=2))
+    batcher.start()
+    first = asyncio.create_task(batcher.submit([1]))
+    await handler.started.wait()
+    queued = [asyncio.create_task(batcher.submit([x])) for x in (2, 3)]
+    await settle()
+    with pytest.raises(QueueFullError) as info:
+        await batcher.submit([4])
+    assert info.value.retry_after_s >= 1.0
+    handler.release.set()
+    await asyncio.gather(first, *queued)
+    await batcher.stop()
+
+
+async def test_batcher_fails_a_request_whose_deadline_passes_in_the_queue() -> None:
+    handler = HeldHandler()
+    batcher = Batcher(handler, config())
+    batcher.start()
+    first = asyncio.create_task(batcher.submit([1]))
+    await handler.started.wait()
+    late = asyncio.create_task(batcher.submit([2], deadline=batcher.clock() - 1.0))
+    with pytest.raises(DeadlineExceededError):
+        await late
+    handler.release.set()
+    await first
+    await batcher.stop()
+    assert handler.batches == [[1]]
+
+
+async def test_batcher_stop_finishes_queued_requests_and_then_refuses_new_ones() -> None:
+    handler = HeldHandler()
+    batcher = Batcher(handler, config(max_batch_size=1))
+    batcher.start()
+    tasks = [asyncio.create_task(batcher.submit([x])) for x in (1, 2, 3)]
+    await handler.started.wait()
+    stopping = asyncio.create_task(batcher.stop())
+    await settle()
+    with pytest.raises(BatcherStoppedError):
+        await batcher.submit([4])
+    handler.release.set()
+    await stopping
+    assert [r.outputs for r in await asyncio.gather(*tasks)] == [[10], [20], [30]]
+
+
+async def test_batcher_stop_without_drain_fails_queued_requests() -> None:
+    handler = HeldHandler()
+    batcher = Batcher(handler, config(max_batch_size=1))
+    batcher.start()
+    first = asyncio.create_task(batcher.submit([1]))
+    await handler.started.wait()
+    queued = asyncio.create_task(batcher.submit([2]))
+    await settle()
+    stopping = asyncio.create_task(batcher.stop(drain=False))
+    with pytest.raises(BatcherStoppedError):
+        await queued
+    handler.release.set()
+    await stopping
+    assert (await first).outputs == [10]
+
+
+def test_batcher_adaptive_delay_is_zero_at_light_load_and_grows_under_load() -> None:
+    now = [0.0]
+    batcher = Batcher(
+        HeldHandler(), config(max_queue_delay_ms=10.0, adaptive=True), clock=lambda: now[0]
+    )
+    assert batcher.queue_delay_s(1) == 0.0  # nothing measured yet: do not wait
+    for _ in range(5):  # one input every 100 ms: none would arrive within 10 ms
+        now[0] += 0.1
+        batcher._note_arrival(now[0], 1)
+    assert batcher.queue_delay_s(1) == 0.0
+    for _ in range(50):  # one input every 0.1 ms: waiting fills the batch
+        now[0] += 0.0001
+        batcher._note_arrival(now[0], 1)
+    delay = batcher.queue_delay_s(1)
+    assert 0.0 < delay <= 0.010
+    assert delay == pytest.approx(7 * batcher._gap_ewma_s)
+
+
+def test_batcher_fixed_delay_when_adaptive_is_off() -> None:
+    batcher = Batcher(HeldHandler(), config(max_queue_delay_ms=4.0))
+    assert batcher.queue_delay_s(1) == pytest.approx(0.004)
+
+
+def test_batching_config_rejects_a_preferred_size_above_the_maximum() -> None:
+    with pytest.raises(ValueError, match="preferred_batch_sizes must lie in 1..max_batch_size=4"):
+        BatchingConfig(max_batch_size=4, preferred_batch_sizes=[8])

@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import pytest
+
+from kiln.errors import ConfigError
+from kiln.serve.config import ModelConfig, load_serve_config
+from kiln.serve.models import ModelLoadError, resolve_source
+from kiln.serve.security import bearer_token, is_loopback, read_tokens, token_verifier
+
+
+def test_load_serve_config_reads_models_and_lets_the_command_line_win(tmp_path: Path) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text(
+        "port: 9000\nmodels:\n  - name: s\n    versions: {3: /m/3, 4: /m/4}\n"
+        "    canary: {3: 90, 4: 10}\n    batching: {max_batch_size: 8}\n"
+    )
+    cfg = load_serve_config(path, port=9100, host=None)
+    assert cfg.port == 9100 and cfg.host == "127.0.0.1"
+    assert cfg.models[0].canary == {3: 90, 4: 10}
+    assert cfg.models[0].batching.max_batch_size == 8
+
+
+def test_load_serve_config_names_an_unknown_key(tmp_path: Path) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text("models:\n  - versions: {1: /m}\n    batching: {max_batch: 8}\n")
+    with pytest.raises(ConfigError, match=r"models\.0\.batching\.max_batch"):
+        load_serve_config(path)
+
+
+def test_model_config_rejects_canary_for_an_unknown_version() -> None:
+    with pytest.raises(ValueError, match=r"canary names versions \[5\]"):
+        ModelConfig(versions={1: "/m"}, canary={5: 100})
+
+
+def test_resolve_source_refuses_urls_and_unknown_folders(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="URLs is not allowed"):
+        resolve_source("s3://bucket/model")
+    with pytest.raises(ModelLoadError, match="not a package folder"):
+        resolve_source(str(tmp_path / "missing"))
+
+
+def test_read_tokens_skips_comments_and_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("# ops\nalpha\n\n beta \n")
+    tokens = read_tokens(path)
+    assert tokens == {"alpha", "beta"}
+    verify = token_verifier(tokens)
+    assert verify("beta") and not verify("gamma")
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("10.1.2.3", False),
+    ],
+)
+def test_is_loopback(host: str, expected: bool) -> None:
+    assert is_loopback(host) is expected
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer abc", "abc"),
+        ("bearer  abc ", "abc"),
+        ("Basic abc", None),
+        ("Bearer", None),
+        (None, None),
+    ],
+)
+def test_bearer_token_reads_only_bearer_headers(header: str | None, token: str | None) -> None:
+    assert bearer_token(header) == token
