@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from kiln.serve.config import ServeConfig
 from tests.helpers import tiny_text_recipe
 from tests.integration.monitor.webhook import webhook_receiver
 from tests.integration.serve_harness import serving
-
-from kiln.serve.config import ServeConfig
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.helpers import kiln_cli, tiny_text_recipe, write_recipe
 
 from kiln.config import parse_recipe
 from kiln.train import run as train_run
+from tests.helpers import kiln_cli, tiny_text_recipe, write_recipe
 
 pytestmark = pytest.mark.slow
 

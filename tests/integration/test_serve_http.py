@@ -9,13 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_harness import hold_model, serving, wait_until
 
-from tests.conftest import make_image_package, make_text_package
 from kiln.errors import ConfigError
 from kiln.serve.app import create_app
 from kiln.serve.config import BatchingConfig, ModelConfig, ServeConfig
 from kiln.serve.security import token_verifier
+from tests.conftest import make_image_package, make_text_package
+from tests.integration.serve_harness import hold_model, serving, wait_until
 
 PIXELS = [float(i % 17) for i in range(64)]
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_harness import serving, wait_until
 
-from tests.conftest import make_text_package
 from kiln.serve.config import ModelConfig, ServeConfig
 from kiln.serve.security import token_verifier
+from tests.conftest import make_text_package
+from tests.integration.serve_harness import serving, wait_until
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

@@ -2,13 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import SENTENCES
-from tests.integration.monitor.webhook import webhook_receiver
-from tests.integration.serve_harness import serving, wait_until
-
 from kiln.monitor.predlog import read_log
 from kiln.monitor.profile import write_reference_profile
 from kiln.serve.config import ModelConfig, ServeConfig
+from tests.conftest import SENTENCES
+from tests.integration.monitor.webhook import webhook_receiver
+from tests.integration.serve_harness import serving, wait_until
 
 
 def _config(package: Path, log_dir: Path, hook: str, rules: list[dict]) -> ServeConfig:

@@ -2,12 +2,12 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.helpers import kiln_cli
 
 import kiln.runtime
 from kiln.compress import CompressError
 from kiln.compress.search import SearchConfig, search
 from kiln.config.schema import CompressConfig
+from tests.helpers import kiln_cli
 
 pytestmark = pytest.mark.timeout(180)
 

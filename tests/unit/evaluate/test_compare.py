@@ -2,13 +2,13 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.helpers import kiln_cli
 
 import kiln.compress
 import kiln.evaluate
 from kiln.compress import Examples
 from kiln.errors import KilnError
 from kiln.evaluate.compare import CompareError, compare_packages, lineage_packages, pareto_front
+from tests.helpers import kiln_cli
 
 pytestmark = pytest.mark.timeout(180)
 

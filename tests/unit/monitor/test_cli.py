@@ -4,10 +4,9 @@ import json
 import time
 from pathlib import Path
 
-from tests.helpers import kiln_cli
-
 from kiln.monitor.alerts import AlertEvent, AlertHistory
 from kiln.runtime.package import write_json_atomic
+from tests.helpers import kiln_cli
 
 
 def test_cli_monitor_reports_log_folder(tmp_path: Path) -> None:

@@ -2,10 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import SENTENCES
-
 from kiln.monitor.profile import PROFILE_NAME, read_profile, write_reference_profile
 from kiln.runtime import load, read_manifest
+from tests.conftest import SENTENCES
 
 
 def test_profile_text_package_gains_verified_profile(text_package: Path) -> None:

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.helpers import tiny_image_recipe, tiny_text_recipe
 
 import kiln.train
 from kiln.config import parse_recipe
 from kiln.config.schema import TrainConfig
 from kiln.train.loop import epoch_order
 from kiln.train.optim import build_scheduler
+from tests.helpers import tiny_image_recipe, tiny_text_recipe
 
 # Losses of the first steps of tiny_image_recipe (seed 3), recorded from a reference run on CPU.
 # A silent change in the data order, initialisation or the math of the loop moves them.
