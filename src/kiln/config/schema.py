@@ -110,6 +110,8 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(default=None, ge=1)
     # Global batch size per optimizer step, across all processes and accumulation steps.
     batch_size: int = Field(default=32, ge=1)
+    # Batch texts of similar length together (less padding, faster on CPU); the order stays seeded.
+    group_by_length: bool = False
     # Split each global batch into this many sequential micro-batches.
     grad_accum_steps: int = Field(default=1, ge=1)
     # Peak learning rate of AdamW.

@@ -35,6 +35,16 @@ def test_epoch_order_depends_only_on_seed_and_epoch() -> None:
     assert sorted(epoch_order(100, 1, 0)) == list(range(100))
 
 
+def test_epoch_order_group_by_length_batches_similar_lengths() -> None:
+    lengths = np.random.default_rng(0).integers(1, 100, size=1000)
+    order = epoch_order(1000, 1, 0, lengths=lengths, batch_size=10)
+    assert sorted(order) == list(range(1000))
+    assert np.array_equal(order, epoch_order(1000, 1, 0, lengths=lengths, batch_size=10))
+    spread = [np.ptp(lengths[order[i : i + 10]]) for i in range(0, 1000, 10)]
+    random_spread = [np.ptp(lengths[i : i + 10]) for i in range(0, 1000, 10)]
+    assert np.mean(spread) < np.mean(random_spread) / 5
+
+
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
 def test_build_scheduler_warms_up_then_decays(schedule: str) -> None:
     param = torch.nn.Parameter(torch.zeros(1))
