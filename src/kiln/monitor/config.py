@@ -15,7 +15,7 @@ class _Section(BaseModel):
 
 
 class RetrainConfig(_Section):
-    # Recipe retrained on the logged inputs with feedback plus the recipe's own data.
+    # Recipe retrained; its data is replaced by the logged inputs that have feedback labels.
     recipe: Path
     # Share of traffic (percent) the retrained version gets as a canary once it passes the gate.
     canary_percent: int = Field(default=10, ge=1, le=100)
@@ -25,6 +25,10 @@ class RetrainConfig(_Section):
     cooldown_s: float = Field(default=3600.0, ge=0)
     # Recipe overrides (key.sub=value) applied to the retraining run, e.g. train.epochs=1.
     overrides: list[str] = Field(default_factory=list)
+    # Gate: largest drop of validation accuracy from the serving version (negative: must improve).
+    max_accuracy_drop: float = Field(default=0.02, ge=-1.0, le=1.0)
+    # Seconds the retraining process may run before it is stopped and counted as failed.
+    timeout_s: float = Field(default=3600.0, gt=0)
 
 
 class AlertRuleConfig(_Section):

@@ -165,6 +165,9 @@ def attach_monitoring(app: Any, config: MonitorConfig) -> Monitor | None:
     service = app.state.service
     monitor = Monitor(config, repository=service.repository, registry=service.metrics.registry)
     app.state.monitor = monitor
+    from kiln.monitor.loop import attach_retraining
+
+    app.state.retrain = attach_retraining(monitor)
     inner = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
