@@ -34,7 +34,8 @@ def baseline_accuracy(recipe_path: Path) -> float:
 
     data = kiln.data.run(load_recipe(recipe_path))
     if data.kind == "text":
-        model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True), LogisticRegression(max_iter=2000, C=10))
+        tfidf = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)
+        model = make_pipeline(tfidf, LogisticRegression(max_iter=2000, C=10))
         model.fit(list(data.train.inputs), data.train.labels)
         return float(model.score(list(data.test.inputs), data.test.labels))
     flat = lambda x: x.reshape(len(x), -1) / data.image_max_value  # noqa: E731
