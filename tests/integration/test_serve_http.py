@@ -361,3 +361,14 @@ def test_serve_refuses_to_load_from_a_url(text_pkg: Path) -> None:
             headers={"Authorization": "Bearer t"},
         )
         assert resp.status_code == 400 and "URLs is not allowed" in resp.json()["error"]
+
+
+def test_serve_rest_predict_rejects_an_undecodable_body_with_a_json_error(server: Any) -> None:
+    resp = httpx.post(
+        server.url + "/v1/models/sentiment:predict",
+        content=b"\x00\xff\xfe",
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert resp.status_code == 400
+    assert resp.json()["error"].startswith("body:")
