@@ -16,7 +16,9 @@ from typing import Annotated
 import typer
 
 from kiln.cli.compress import compress
+from kiln.cli.recording import REFERENCE_HELP
 from kiln.cli.registry import app as registry_app
+from kiln.cli.run import run
 from kiln.errors import KilnError
 
 app = typer.Typer(
@@ -30,8 +32,12 @@ recipe_app = typer.Typer(help="Inspect and validate recipes.", no_args_is_help=T
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(registry_app, name="registry")
 app.command("compress")(compress)
+app.command("run")(run)
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="Overrides such as train.epochs=1 data.max_examples=500")]
+Register = Annotated[
+    str | None, typer.Option("--register", help="Register the result under this model name in the registry")
+]
 
 
 @contextlib.contextmanager
@@ -69,11 +75,14 @@ def train(
     node_rank: Annotated[int, typer.Option("--node-rank", min=0, help="This machine's rank")] = 0,
     master_addr: Annotated[str, typer.Option("--master-addr", help="Address of the rank-0 machine")] = "127.0.0.1",
     master_port: Annotated[int, typer.Option("--master-port", help="Port of the rank-0 machine")] = 29500,
+    register: Register = None,
 ) -> None:
     """Train the recipe's model and write its package."""
     import os
 
+    from kiln.cli.recording import register_trained
     from kiln.config import load_recipe
+    from kiln.train import run_dir_for
 
     with user_errors():
         cfg = load_recipe(recipe, overrides)
@@ -92,18 +101,25 @@ def train(
                 master_addr=master_addr,
                 master_port=master_port,
             )
+            if code == 0 and register and node_rank == 0:
+                run_dir = run_dir_for(cfg)
+                ref = register_trained(run_dir / "package", name=register, metrics_log=run_dir / "metrics.jsonl")
+                typer.echo(f"registered: {ref}")
             raise typer.Exit(code)
         import kiln.train
 
         result = kiln.train.run(cfg, resume=resume)
-    if result.package_dir is not None:
-        _print_metrics("validation", result.metrics)
-        typer.echo(f"package: {result.package_dir}")
+        if result.package_dir is not None:
+            _print_metrics("validation", result.metrics)
+            typer.echo(f"package: {result.package_dir}")
+            if register:
+                ref = register_trained(result.package_dir, name=register, metrics_log=result.run_dir / "metrics.jsonl")
+                typer.echo(f"registered: {ref}")
 
 
 @app.command("eval")
 def eval_(
-    package: Annotated[Path, typer.Argument(help="Model package folder")],
+    package: Annotated[str, typer.Argument(help=REFERENCE_HELP)],
     data: Annotated[
         Path | None,
         typer.Option("--data", help="Labelled CSV/TSV/JSONL/Parquet file; default: the recipe's test split"),
@@ -115,14 +131,20 @@ def eval_(
         Path | None, typer.Option("--output-dir", help="Where report.json and confusion_matrix.png go")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON")] = False,
+    register: Register = None,
 ) -> None:
     """Evaluate a package: accuracy, macro-F1, per-class precision/recall, confusion matrix, ECE."""
     import kiln.evaluate
+    from kiln.cli.recording import register_evaluated, resolve_package
+    from kiln.registry.db import kiln_home
 
     with user_errors():
+        folder, ref = resolve_package(package)
+        if ref is not None and output_dir is None:
+            output_dir = kiln_home() / "evals" / ref.replace("@", "-")
         result = kiln.evaluate.run(
             kiln.evaluate.EvaluationConfig(
-                package=package,
+                package=folder,
                 data_file=data,
                 text_column=text_column,
                 label_column=label_column,
@@ -130,6 +152,10 @@ def eval_(
                 output_dir=output_dir,
             )
         )
+        if register:
+            metrics = {k: result.report[k] for k in ("accuracy", "macro_f1", "ece")}
+            registered = register_evaluated(folder, name=register, metrics=metrics)
+            typer.echo(f"metrics recorded on {registered}", err=True)
     if as_json:
         typer.echo(json.dumps(result.report, indent=2))
         return
@@ -139,32 +165,16 @@ def eval_(
 
 
 @app.command()
-def run(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file")],
-    overrides: Overrides = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue training from the last checkpoint")] = False,
-) -> None:
-    """Run the pipeline: data -> train -> evaluate on the test split."""
-    from kiln.config import load_recipe
-    from kiln.pipeline import run_pipeline
-
-    with user_errors():
-        result = run_pipeline(load_recipe(recipe, overrides), resume=resume)
-    _print_report(result.report)
-    typer.echo(f"package: {result.package_dir}")
-    typer.echo(f"test accuracy: {result.report['accuracy']:.4f}")
-
-
-@app.command()
 def predict(
-    package: Annotated[Path, typer.Argument(help="Model package folder")],
+    package: Annotated[str, typer.Argument(help=REFERENCE_HELP)],
     inputs: Annotated[list[str], typer.Argument(help="Raw texts to classify")],
 ) -> None:
     """Classify raw texts with a package and print one JSON result per line."""
+    from kiln.cli.recording import resolve_package
     from kiln.runtime import load
 
     with user_errors():
-        predictor = load(package)
+        predictor = load(resolve_package(package)[0])
         for text, result in zip(inputs, predictor.predict(inputs), strict=True):
             typer.echo(json.dumps({"input": text, **result}))
 
