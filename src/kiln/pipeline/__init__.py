@@ -13,11 +13,14 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.config.schema import Recipe
 from kiln.pipeline import cache
 from kiln.pipeline.promote import Candidate, Decision
+
+if TYPE_CHECKING:
+    from kiln.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class PipelineResult:
 def run_pipeline(
     recipe: Recipe,
     *,
-    registry: Any | None = None,
+    registry: Registry | None = None,
     is_forced: bool = False,
     report: Report = logger.info,
 ) -> PipelineResult:
@@ -155,6 +158,8 @@ def _evaluate(
     recipe: Recipe, package: PackageOutcome, sample_inputs: list[Any], work_dir: Path, report: Report
 ) -> PackageOutcome:
     """Test-split metrics, batch-1 latency and size of a package, through the runtime."""
+    import torch
+
     import kiln.evaluate
     from kiln.evaluate.speed import measure_package
 
@@ -172,14 +177,18 @@ def _evaluate(
             ece_bins=recipe.eval.ece_bins,
         )
     )
-    speed = measure_package(
-        package.path,
-        sample_inputs,
-        num_threads=recipe.eval.num_threads,
-        batch_sizes=(1,),
-        latency_runs=recipe.eval.latency_runs,
-        min_throughput_s=0.0,
-    )
+    threads = torch.get_num_threads()
+    try:
+        speed = measure_package(
+            package.path,
+            sample_inputs,
+            num_threads=recipe.eval.num_threads,
+            batch_sizes=(1,),
+            latency_runs=recipe.eval.latency_runs,
+            min_throughput_s=0.0,
+        )
+    finally:
+        torch.set_num_threads(threads)  # loading with num_threads sets it for the whole process
     latency = speed["latency_ms"]
     metrics = {
         "accuracy": result.report["accuracy"],
@@ -196,7 +205,7 @@ def _evaluate(
 
 
 def _register(
-    registry: Any,
+    registry: Registry,
     recipe: Recipe,
     fingerprint: str,
     packages: list[PackageOutcome],
@@ -235,7 +244,7 @@ def _register(
     return registered, run.id if run is not None else None
 
 
-def _promote(registry: Any, recipe: Recipe, packages: list[PackageOutcome], report: Report) -> Decision | None:
+def _promote(registry: Registry, recipe: Recipe, packages: list[PackageOutcome], report: Report) -> Decision | None:
     from kiln.pipeline.promote import promote
 
     if recipe.promote is None:

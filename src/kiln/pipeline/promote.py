@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kiln.config.rules import COMPARISONS, MissingMetricError, Rule, evaluate, lookup_in, parse_rule
 from kiln.config.schema import PromoteConfig
-from kiln.registry import ModelVersion, Registry
-from kiln.registry.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from kiln.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,10 @@ def _check(rule: Rule, candidate: Candidate, holders: Mapping[str, Holder | None
 
 
 def _holder(registry: Registry, name: str, alias: str) -> Holder | None:
+    from kiln.registry.errors import NotFoundError
+
     try:
-        version: ModelVersion = registry.get_version(f"{name}@{alias}")
+        version = registry.get_version(f"{name}@{alias}")
     except NotFoundError:
         return None
     return Holder(ref=version.ref, metrics=version.metrics)
