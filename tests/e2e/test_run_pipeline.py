@@ -161,3 +161,21 @@ def test_run_bad_promote_section_exits_2_naming_the_key(
     for fragment in [str(recipe), *fragments]:
         assert fragment in result.stderr
     assert not (tmp_path / "run").exists() and not home.exists()
+
+
+def test_run_forced_redoes_every_stage(tmp_path: Path, home: Path) -> None:
+    from kiln.pipeline import run_pipeline
+
+    raw = tiny_image_recipe(tmp_path / "run", max_steps=3)
+    raw["eval"] = {"latency_runs": 5, "num_threads": 1}
+    recipe = parse_recipe(raw)
+    lines: list[str] = []
+    with Registry() as registry:
+        first = run_pipeline(recipe, registry=registry, report=lines.append)
+        lines.clear()
+        forced = run_pipeline(recipe, registry=registry, is_forced=True, report=lines.append)
+
+    assert first.decision is None and forced.decision is None  # no promote section: no alias moves
+    assert forced.packages[0].skipped == ()
+    assert any(line.startswith("train: training into") for line in lines)
+    assert not any("skipped" in line for line in lines)
