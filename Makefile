@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(VENV)/bin/kiln run recipes/sentiment.yaml
+	$(VENV)/bin/kiln registry lineage sentiment@production
 
 test: install
 	$(VENV)/bin/ruff check src tests bench

@@ -47,20 +47,23 @@ def baseline_accuracy(recipe_path: Path) -> float:
 def run_recipe(name: str, home: Path) -> dict:
     recipe = ROOT / "recipes" / f"{name}.yaml"
     env = dict(os.environ, KILN_HOME=str(home))
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "kiln.cli.main", "run", str(recipe), "train.progress=false"]
+    kiln = [sys.executable, "-m", "kiln.cli.main"]
+    cmd = ["/usr/bin/time", "-v", *kiln, "run", str(recipe), "train.progress=false", "--json"]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall_s = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{name}: kiln run failed:\n{proc.stderr[-3000:]}")
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
-    report = json.loads((home / "runs" / name / "eval" / "report.json").read_text())
-    manifest = json.loads((home / "runs" / name / "package" / "kiln.json").read_text())
+    trained = json.loads(proc.stdout)["packages"][0]
+    report = json.loads((Path(trained["eval_dir"]) / "report.json").read_text())
+    manifest = json.loads((Path(trained["path"]) / "kiln.json").read_text())
     return {
         "recipe": name,
         "test_accuracy": report["accuracy"],
         "test_macro_f1": report["macro_f1"],
         "n_test": report["n"],
+        "p99_latency_ms": trained["metrics"]["p99_latency_ms"],
         "wall_s": round(wall_s, 1),
         "peak_rss_mib": round(peak_kb / 1024),
         "train_steps": manifest["lineage"]["settings"]["steps"],

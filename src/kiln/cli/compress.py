@@ -10,7 +10,7 @@ import typer
 
 
 def compress(
-    package: Annotated[Path, typer.Argument(help="Model package folder to compress")],
+    package: Annotated[str, typer.Argument(help="Package folder, or name@version / name@alias, to compress")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for one package per step")],
     steps: Annotated[
         str | None,
@@ -34,6 +34,9 @@ def compress(
         list[str] | None,
         typer.Argument(help="Overrides of the compress section, e.g. quantize.per_channel=false"),
     ] = None,
+    register: Annotated[
+        str | None, typer.Option("--register", help="Register every package made under this model name")
+    ] = None,
 ) -> None:
     """Compress a package step by step (distill, onnx, quantize-dynamic, quantize-static,
     quantize-torch, cast, sparsity, prune) and print each package written with its metrics; or,
@@ -41,11 +44,13 @@ def compress(
     that budget (exit status 2 when none meets it)."""
     import kiln.compress
     from kiln.cli.main import user_errors
+    from kiln.cli.recording import register_compressed, resolve_package
     from kiln.config.loader import apply_overrides, load_recipe
     from kiln.config.schema import CompressConfig
     from kiln.errors import ConfigError
 
     with user_errors():
+        folder, source_ref = resolve_package(package)
         loaded = load_recipe(recipe) if recipe is not None else None
         base = loaded.compress.model_dump(mode="json") if loaded is not None else {}
         try:
@@ -64,11 +69,19 @@ def compress(
             _search(package, output, cfg, examples, names, target_latency_ms, max_accuracy_drop, budget_candidates)
             return
         result = kiln.compress.run(
-            package, output_dir=output, config=cfg, steps=names, examples=examples
+            folder, output_dir=output, config=cfg, steps=names, examples=examples
         )
-    for path, manifest in zip(result.packages, result.manifests, strict=True):
+        refs: list[str | None] = [None] * len(result.packages)
+        if register:
+            refs = list(
+                register_compressed(
+                    result.packages, name=register, source_ref=source_ref, settings=cfg.model_dump(mode="json")
+                )
+            )
+    for path, manifest, ref in zip(result.packages, result.manifests, refs, strict=True):
         summary = {
             "package": str(path),
+            **({"registered": ref} if ref else {}),
             "transformation": manifest["lineage"]["transformation"],
             "format": manifest["format"],
             "precision": manifest["precision"],

@@ -18,7 +18,9 @@ import typer
 from kiln.cli.compare import compare
 from kiln.cli.compress import compress
 from kiln.cli.monitor import monitor, ui
+from kiln.cli.recording import REFERENCE_HELP
 from kiln.cli.registry import app as registry_app
+from kiln.cli.run import run
 from kiln.cli.serve import app as serve_app
 from kiln.errors import KilnError
 
@@ -37,8 +39,12 @@ app.command("compare")(compare)
 app.add_typer(serve_app, name="serve")
 app.command("monitor")(monitor)
 app.command("ui")(ui)
+app.command("run")(run)
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="Overrides such as train.epochs=1 data.max_examples=500")]
+Register = Annotated[
+    str | None, typer.Option("--register", help="Register the result under this model name in the registry")
+]
 
 
 @contextlib.contextmanager
@@ -76,11 +82,14 @@ def train(
     node_rank: Annotated[int, typer.Option("--node-rank", min=0, help="This machine's rank")] = 0,
     master_addr: Annotated[str, typer.Option("--master-addr", help="Address of the rank-0 machine")] = "127.0.0.1",
     master_port: Annotated[int, typer.Option("--master-port", help="Port of the rank-0 machine")] = 29500,
+    register: Register = None,
 ) -> None:
     """Train the recipe's model and write its package."""
     import os
 
+    from kiln.cli.recording import register_trained
     from kiln.config import load_recipe
+    from kiln.train import run_dir_for
 
     with user_errors():
         cfg = load_recipe(recipe, overrides)
@@ -99,18 +108,25 @@ def train(
                 master_addr=master_addr,
                 master_port=master_port,
             )
+            if code == 0 and register and node_rank == 0:
+                run_dir = run_dir_for(cfg)
+                ref = register_trained(run_dir / "package", name=register, metrics_log=run_dir / "metrics.jsonl")
+                typer.echo(f"registered: {ref}")
             raise typer.Exit(code)
         import kiln.train
 
         result = kiln.train.run(cfg, resume=resume)
-    if result.package_dir is not None:
-        _print_metrics("validation", result.metrics)
-        typer.echo(f"package: {result.package_dir}")
+        if result.package_dir is not None:
+            _print_metrics("validation", result.metrics)
+            typer.echo(f"package: {result.package_dir}")
+            if register:
+                ref = register_trained(result.package_dir, name=register, metrics_log=result.run_dir / "metrics.jsonl")
+                typer.echo(f"registered: {ref}")
 
 
 @app.command("eval")
 def eval_(
-    package: Annotated[Path, typer.Argument(help="Model package folder")],
+    package: Annotated[str, typer.Argument(help=REFERENCE_HELP)],
     data: Annotated[
         Path | None,
         typer.Option("--data", help="Labelled CSV/TSV/JSONL/Parquet file; default: the recipe's test split"),
@@ -126,15 +142,21 @@ def eval_(
         bool, typer.Option("--speed", help="Also measure latency, throughput, size and peak memory")
     ] = False,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads when timing")] = None,
+    register: Register = None,
 ) -> None:
     """Evaluate a package: accuracy, macro-F1, per-class precision/recall, confusion matrix, ECE
     (and with --speed: latency p50/p95/p99, throughput at batch 1/8/32/128, size, peak memory)."""
     import kiln.evaluate
+    from kiln.cli.recording import register_evaluated, resolve_package
+    from kiln.registry.db import kiln_home
 
     with user_errors():
+        folder, ref = resolve_package(package)
+        if ref is not None and output_dir is None:
+            output_dir = kiln_home() / "evals" / ref.replace("@", "-")
         result = kiln.evaluate.run(
             kiln.evaluate.EvaluationConfig(
-                package=package,
+                package=folder,
                 data_file=data,
                 text_column=text_column,
                 label_column=label_column,
@@ -144,6 +166,10 @@ def eval_(
                 num_threads=threads,
             )
         )
+        if register:
+            metrics = {k: result.report[k] for k in ("accuracy", "macro_f1", "ece")}
+            registered = register_evaluated(folder, name=register, metrics=metrics)
+            typer.echo(f"metrics recorded on {registered}", err=True)
     if as_json:
         typer.echo(json.dumps(result.report, indent=2))
         return
@@ -153,32 +179,16 @@ def eval_(
 
 
 @app.command()
-def run(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file")],
-    overrides: Overrides = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue training from the last checkpoint")] = False,
-) -> None:
-    """Run the pipeline: data -> train -> evaluate on the test split."""
-    from kiln.config import load_recipe
-    from kiln.pipeline import run_pipeline
-
-    with user_errors():
-        result = run_pipeline(load_recipe(recipe, overrides), resume=resume)
-    _print_report(result.report)
-    typer.echo(f"package: {result.package_dir}")
-    typer.echo(f"test accuracy: {result.report['accuracy']:.4f}")
-
-
-@app.command()
 def predict(
-    package: Annotated[Path, typer.Argument(help="Model package folder")],
+    package: Annotated[str, typer.Argument(help=REFERENCE_HELP)],
     inputs: Annotated[list[str], typer.Argument(help="Raw texts to classify")],
 ) -> None:
     """Classify raw texts with a package and print one JSON result per line."""
+    from kiln.cli.recording import resolve_package
     from kiln.runtime import load
 
     with user_errors():
-        predictor = load(package)
+        predictor = load(resolve_package(package)[0])
         for text, result in zip(inputs, predictor.predict(inputs), strict=True):
             typer.echo(json.dumps({"input": text, **result}))
 

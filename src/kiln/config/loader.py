@@ -5,8 +5,9 @@ Every refusal names the file, the key path, the value received and what is allow
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -84,11 +85,19 @@ def _allowed_keys(loc: list[str]) -> list[str]:
     model: type[BaseModel] = Recipe
     for part in loc:
         field = model.model_fields.get(part)
-        annotation = getattr(field, "annotation", None)
+        annotation = _section_type(getattr(field, "annotation", None))
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation
     return sorted(model.model_fields)
+
+
+def _section_type(annotation: Any) -> Any:
+    """The model class of an optional section (``PromoteConfig | None``), else ``annotation``."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        models = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        return models[0] if len(models) == 1 else annotation
+    return annotation
 
 
 def _deep_copy(value: Any) -> Any:

@@ -6,9 +6,11 @@ so that a typo never silently falls back to a default.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from kiln.config.rules import check_rule
 
 
 class _Section(BaseModel):
@@ -151,6 +153,10 @@ class EvalConfig(_Section):
     batch_size: int = Field(default=64, ge=1)
     # Number of confidence bins for the expected calibration error.
     ece_bins: int = Field(default=15, ge=2)
+    # Timed batch-1 predictions per package for the latency percentiles (kiln run).
+    latency_runs: int = Field(default=100, ge=1)
+    # Intra-op CPU threads while timing latency; empty means the library default.
+    num_threads: int | None = Field(default=None, ge=1)
 
 
 CompressStep = Literal[
@@ -270,6 +276,17 @@ class CompressConfig(_Section):
     distill: DistillConfig = Field(default_factory=DistillConfig)
 
 
+class PromoteConfig(_Section):
+    # Alias that the gate moves to the candidate (production, staging, any name).
+    alias: str = Field(default="production", pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+    # The package put forward: best (highest test accuracy among those passing every rule),
+    # last (the last package made), train, or the name of a compress step.
+    candidate: str = "best"
+    # Conditions that must all hold, e.g. "accuracy >= production.accuracy - 0.005" or
+    # "p99_latency_ms <= 10"; a rule naming an alias with no version yet is skipped.
+    rules: list[Annotated[str, AfterValidator(check_rule)]] = Field(default_factory=list)
+
+
 class Recipe(_Section):
     # Name of the model this recipe makes; used for folder and registry names.
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -285,3 +302,16 @@ class Recipe(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     # Compression steps applied to the trained package.
     compress: CompressConfig = Field(default_factory=CompressConfig)
+    # Promotion gate of `kiln run`; empty means register every package and move no alias.
+    promote: PromoteConfig | None = None
+
+    @model_validator(mode="after")
+    def _known_candidate(self) -> Recipe:
+        if self.promote is None:
+            return self
+        allowed = ["best", "last", "train", *dict.fromkeys(self.compress.steps)]
+        if self.promote.candidate not in allowed:
+            raise ValueError(
+                f"promote.candidate must be one of {', '.join(allowed)}, got {self.promote.candidate!r}"
+            )
+        return self

@@ -1,0 +1,103 @@
+"""``kiln run RECIPE``: the whole pipeline, then a summary of every package and the gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from kiln.pipeline import PipelineResult
+
+
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Overrides such as train.epochs=1 data.max_examples=500")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Redo every stage even when its output exists for the same inputs")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+) -> None:
+    """Run the pipeline: data -> train -> compress -> evaluate -> register -> promote.
+
+    Stages whose output already exists for the same inputs are skipped, so re-running an
+    interrupted run resumes it.
+    """
+    from kiln.cli.main import user_errors
+    from kiln.config import load_recipe
+    from kiln.pipeline import run_pipeline
+
+    def report(line: str) -> None:
+        typer.echo(line, err=True)
+
+    with user_errors():
+        result = run_pipeline(load_recipe(recipe, overrides), is_forced=force, report=report)
+    if as_json:
+        typer.echo(json.dumps(summary_json(result), indent=2))
+        return
+    print_summary(result)
+
+
+def summary_json(result: PipelineResult) -> dict[str, Any]:
+    """The run's packages, their test metrics and the gate's decision, as plain data."""
+    decision = result.decision
+    return {
+        "packages": [
+            {
+                "step": p.step,
+                "ref": p.ref,
+                "path": str(p.path),
+                "eval_dir": str(p.eval_dir) if p.eval_dir else None,
+                "metrics": p.metrics,
+                "skipped": list(p.skipped),
+            }
+            for p in result.packages
+        ],
+        "run_id": result.run_id,
+        "data_fingerprint": result.data_fingerprint,
+        "promoted": decision.chosen.candidate.ref if decision and decision.chosen else None,
+        "promote_reason": decision.reason if decision else None,
+    }
+
+
+def print_summary(result: PipelineResult) -> None:
+    """A table of every package with its metrics and version, then the gate's decision."""
+    from rich.console import Console
+    from rich.table import Table
+
+    decision = result.decision
+    promoted = decision.chosen.candidate.ref if decision and decision.chosen else None
+    table = Table(title="packages")
+    for column in ("step", "version", "accuracy", "macro-F1", "p99 ms", "size MB", "note"):
+        table.add_column(column, justify="left" if column in ("step", "version", "note") else "right")
+    for p in result.packages:
+        notes = ["new" if p.is_new_version else "already registered"]
+        if p.skipped:
+            notes.append("skipped " + "+".join(p.skipped))
+        if promoted == p.ref:
+            notes.append(decision.alias if decision else "")
+        m = p.metrics
+        table.add_row(
+            p.step,
+            p.ref,
+            f"{m['accuracy']:.4f}",
+            f"{m['macro_f1']:.4f}",
+            f"{m['p99_latency_ms']:.2f}",
+            f"{m['size_mb']:.2f}",
+            ", ".join(notes),
+        )
+    Console(width=120).print(table)
+    for p in result.packages:
+        typer.echo(f"{p.ref}\t{p.step}\ttest accuracy {p.metrics['accuracy']:.4f}\t{p.path}")
+    typer.echo(f"run: {result.run_id or 'none (every package was already registered)'}")
+    if decision is None:
+        typer.echo("promote: no promote section in the recipe; no alias moved")
+        return
+    for considered in decision.considered:
+        for check in considered.checks:
+            typer.echo(f"  {considered.candidate.ref} {check.status}: {check.rule} ({check.detail})")
+    typer.echo(f"promote: {decision.reason}")

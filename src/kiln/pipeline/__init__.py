@@ -1,0 +1,267 @@
+"""``kiln run``: the stages of a recipe in order, each talking to the next through packages.
+
+data -> train -> compress (each step of the recipe's ``compress.steps``) -> evaluate every
+package on the test split through the runtime -> register every package with its lineage ->
+promote one through the recipe's gate. Each stage's output is keyed by a hash of its inputs
+(``cache.py``), so re-running a recipe skips what is done and an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln.config.schema import Recipe
+from kiln.pipeline import cache
+from kiln.pipeline.promote import Candidate, Decision
+
+if TYPE_CHECKING:
+    from kiln.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+Report = Callable[[str], None]
+# Settings that change how a stage runs, never what it makes: left out of the stage keys.
+_TRAIN_KEY_EXCLUDED = {"progress", "output_dir", "num_threads"}
+_COMPRESS_KEY_EXCLUDED = {"steps", "num_threads"}
+# Test inputs cycled through for the batch-1 latency percentiles.
+LATENCY_SAMPLE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class PackageOutcome:
+    """One package the pipeline made, what it measured on it, and where it is registered."""
+
+    step: str  # "train" or the compress step that made it
+    path: Path  # the package folder
+    digest: str  # its package digest
+    metrics: dict[str, float] = field(default_factory=dict)  # test metrics, latency, size
+    eval_dir: Path | None = None  # report.json and confusion_matrix.png
+    ref: str = ""  # registry reference name@version
+    is_new_version: bool = False  # registered by this run (not found already registered)
+    skipped: tuple[str, ...] = ()  # stages whose output already existed for the same inputs
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """Every package with its metrics and version, the run record, and the gate's decision."""
+
+    packages: list[PackageOutcome]  # train package first, then one per compress step
+    run_id: str | None  # the registry run that registered new versions (None: nothing new)
+    decision: Decision | None  # None when the recipe has no promote section
+    data_fingerprint: str  # fingerprint of the data every stage used
+
+
+def run_pipeline(
+    recipe: Recipe,
+    *,
+    registry: Registry | None = None,
+    is_forced: bool = False,
+    report: Report = logger.info,
+) -> PipelineResult:
+    """Run every stage of ``recipe`` and register (and maybe promote) what it makes.
+
+    Args:
+        recipe: the validated recipe.
+        registry: a ``kiln.registry.Registry``; default: the one under ``KILN_HOME``.
+        is_forced: redo every stage even when its output exists for the same inputs.
+        report: receives one line per stage (done or skipped).
+    """
+    import kiln.data
+    from kiln.registry import Registry
+    from kiln.train import run_dir_for
+
+    work_dir = run_dir_for(recipe)
+    dataset = kiln.data.run(recipe)
+    report(f"data: {dataset.origin}, {dataset.fingerprint}")
+    if is_forced and work_dir.is_dir():
+        report(f"forced: removing earlier stage outputs in {work_dir}")
+        _clear_stage_outputs(work_dir)
+    packages = [_train(recipe, dataset.fingerprint, work_dir, report)]
+    for step in recipe.compress.steps:
+        packages.append(_compress_step(recipe, step, packages[-1], work_dir, report))
+    sample_inputs = list(dataset.test.inputs[:LATENCY_SAMPLE_SIZE])
+    packages = [_evaluate(recipe, p, sample_inputs, work_dir, report) for p in packages]
+
+    opened = registry if registry is not None else Registry()
+    try:
+        packages, run_id = _register(opened, recipe, dataset.fingerprint, packages, report)
+        decision = _promote(opened, recipe, packages, report)
+    finally:
+        if registry is None:
+            opened.close()
+    return PipelineResult(packages, run_id, decision, dataset.fingerprint)
+
+
+def _train(recipe: Recipe, fingerprint: str, work_dir: Path, report: Report) -> PackageOutcome:
+    """Train into a folder keyed by the training inputs; resume an interrupted attempt there."""
+    import kiln.train
+
+    dumped = recipe.model_dump(mode="json")
+    key = cache.stage_key(
+        "train",
+        {
+            "seed": recipe.seed,
+            "data": dumped["data"],
+            "model": dumped["model"],
+            "train": {k: v for k, v in dumped["train"].items() if k not in _TRAIN_KEY_EXCLUDED},
+            "data_fingerprint": fingerprint,
+        },
+    )
+    folder = cache.stage_dir(work_dir, "train", key)
+    package = folder / "package"
+    done = cache.completed(folder, key)
+    if done is not None and cache.intact_package(package, done["digest"]):
+        report(f"train: skipped, {package} already made from the same inputs")
+        return PackageOutcome("train", package, done["digest"], skipped=("train",))
+    is_resumed = (folder / "checkpoints").is_dir()
+    report(f"train: {'resuming in' if is_resumed else 'training into'} {folder}")
+    in_folder = recipe.model_copy(update={"train": recipe.train.model_copy(update={"output_dir": str(folder)})})
+    result = kiln.train.run(in_folder, resume=True)
+    assert result.package_dir is not None
+    digest = _digest(result.package_dir)
+    cache.mark_completed(folder, key, {"digest": digest})
+    return PackageOutcome("train", result.package_dir, digest)
+
+
+def _compress_step(recipe: Recipe, step: str, parent: PackageOutcome, work_dir: Path, report: Report) -> PackageOutcome:
+    """Apply one compress step to ``parent`` in a folder keyed by the step, settings and parent."""
+    import kiln.compress
+
+    settings = recipe.compress.model_dump(mode="json")
+    key = cache.stage_key(
+        step,
+        {
+            "parent": parent.digest,
+            "compress": {k: v for k, v in settings.items() if k not in _COMPRESS_KEY_EXCLUDED},
+        },
+    )
+    folder = cache.stage_dir(work_dir, step, key)
+    package = folder / f"01-{step}"
+    done = cache.completed(folder, key)
+    if done is not None and cache.intact_package(package, done["digest"]):
+        report(f"{step}: skipped, {package} already made from the same inputs")
+        return PackageOutcome(step, package, done["digest"], skipped=(step,))
+    shutil.rmtree(folder, ignore_errors=True)
+    report(f"{step}: compressing {parent.path} into {folder}")
+    kiln.compress.run(parent.path, output_dir=folder, config=recipe.compress, steps=[step])
+    digest = _digest(package)
+    cache.mark_completed(folder, key, {"digest": digest})
+    return PackageOutcome(step, package, digest)
+
+
+def _evaluate(
+    recipe: Recipe, package: PackageOutcome, sample_inputs: list[Any], work_dir: Path, report: Report
+) -> PackageOutcome:
+    """Test-split metrics, batch-1 latency and size of a package, through the runtime."""
+    import torch
+
+    import kiln.evaluate
+    from kiln.evaluate.speed import measure_package
+
+    key = cache.stage_key("evaluate", {"package": package.digest, "eval": recipe.eval.model_dump(mode="json")})
+    folder = cache.stage_dir(work_dir, "eval", key)
+    done = cache.completed(folder, key)
+    if done is not None:
+        report(f"evaluate {package.step}: skipped, {folder} already holds its metrics")
+        return replace(package, metrics=done["metrics"], eval_dir=folder, skipped=(*package.skipped, "evaluate"))
+    result = kiln.evaluate.run(
+        kiln.evaluate.EvaluationConfig(
+            package=package.path,
+            output_dir=folder,
+            batch_size=recipe.eval.batch_size,
+            ece_bins=recipe.eval.ece_bins,
+        )
+    )
+    threads = torch.get_num_threads()
+    try:
+        speed = measure_package(
+            package.path,
+            sample_inputs,
+            num_threads=recipe.eval.num_threads,
+            batch_sizes=(1,),
+            latency_runs=recipe.eval.latency_runs,
+            min_throughput_s=0.0,
+        )
+    finally:
+        torch.set_num_threads(threads)  # loading with num_threads sets it for the whole process
+    latency = speed["latency_ms"]
+    metrics = {
+        "accuracy": result.report["accuracy"],
+        "macro_f1": result.report["macro_f1"],
+        "ece": result.report["ece"],
+        "p50_latency_ms": latency["p50"],
+        "p95_latency_ms": latency["p95"],
+        "p99_latency_ms": latency["p99"],
+        "size_mb": speed["size_bytes"] / 1e6,
+    }
+    cache.mark_completed(folder, key, {"package": str(package.path), "metrics": metrics})
+    report(f"evaluate {package.step}: accuracy {metrics['accuracy']:.4f}, p99 {latency['p99']:.2f} ms")
+    return replace(package, metrics=metrics, eval_dir=folder)
+
+
+def _register(
+    registry: Registry,
+    recipe: Recipe,
+    fingerprint: str,
+    packages: list[PackageOutcome],
+    report: Report,
+) -> tuple[list[PackageOutcome], str | None]:
+    """Register each package not yet registered, its parent being the package before it.
+
+    One run records the resolved recipe, data fingerprint, code version, parameters and the
+    training metric series; it is started only when some package is new.
+    """
+    from kiln.registry.recording import find_version, log_series, start_recipe_run
+
+    run = None
+    parent: str | None = None
+    registered = []
+    try:
+        for package in packages:
+            version = find_version(registry, recipe.name, package.path)
+            is_new = version is None
+            if version is None:
+                if run is None:
+                    run = start_recipe_run(registry, recipe.model_dump(mode="json"), data_fingerprint=fingerprint)
+                    log_series(registry, run, packages[0].path.parent / "metrics.jsonl")
+                version = registry.register(
+                    package.path, name=recipe.name, run=run, parent=parent, metrics=package.metrics
+                )
+            report(f"register {package.step}: {version.ref}{'' if is_new else ' (already registered)'}")
+            registered.append(replace(package, ref=version.ref, is_new_version=is_new))
+            parent = version.ref
+    except BaseException:
+        if run is not None:
+            registry.finish_run(run, status="failed")
+        raise
+    if run is not None:
+        registry.finish_run(run)
+    return registered, run.id if run is not None else None
+
+
+def _promote(registry: Registry, recipe: Recipe, packages: list[PackageOutcome], report: Report) -> Decision | None:
+    from kiln.pipeline.promote import promote
+
+    if recipe.promote is None:
+        return None
+    candidates = [Candidate(step=p.step, ref=p.ref, metrics=p.metrics) for p in packages]
+    decision = promote(registry, recipe.name, recipe.promote, candidates)
+    report(f"promote: {decision.reason}")
+    return decision
+
+
+def _digest(package: Path) -> str:
+    from kiln.runtime.package import package_digest, read_manifest
+
+    return package_digest(read_manifest(package, verify=False))
+
+
+def _clear_stage_outputs(work_dir: Path) -> None:
+    for folder in work_dir.iterdir():
+        if folder.is_dir() and cache.is_stage_dir(folder):
+            shutil.rmtree(folder)
