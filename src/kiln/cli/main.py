@@ -154,7 +154,8 @@ def run(
         result = run_pipeline(load_recipe(recipe, overrides), resume=resume)
     _print_report(result.report)
     typer.echo(f"package: {result.package_dir}")
-    typer.echo(f"test accuracy: {result.report['accuracy']:.4f}")
+    if result.report.get("task") != "recommendation":
+        typer.echo(f"test accuracy: {result.report['accuracy']:.4f}")
 
 
 @app.command()
@@ -182,6 +183,13 @@ def _print_report(report: dict) -> None:
 
     console = Console()
     summary = Table(title=f"{report.get('name')} on {report['data']} (n={report['n']})")
+    if report.get("task") == "recommendation":
+        metrics = ("hr@10", "ndcg@10", "recall@20", "coverage@10")
+        for column in metrics:
+            summary.add_column(column, justify="right")
+        summary.add_row(*(f"{report[m]:.4f}" for m in metrics))
+        console.print(summary)
+        return
     for column in ("accuracy", "macro-F1", "ECE"):
         summary.add_column(column, justify="right")
     summary.add_row(f"{report['accuracy']:.4f}", f"{report['macro_f1']:.4f}", f"{report['ece']:.4f}")

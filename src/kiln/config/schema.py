@@ -39,7 +39,7 @@ class AugmentConfig(_Section):
 
 
 class DataConfig(_Section):
-    # Built-in dataset name (rotten_tomatoes, mnist5k, digits); leave empty when train_file is set.
+    # Built-in dataset name (rotten_tomatoes, mnist5k, digits, movielens100k); empty when train_file is set.
     dataset: str | None = None
     # A user file (CSV, TSV, JSONL or Parquet) with all examples, or the train split.
     train_file: str | None = None
@@ -218,6 +218,23 @@ class CompressConfig(_Section):
     prune: PruneConfig = Field(default_factory=PruneConfig)
 
 
+class RecommendConfig(_Section):
+    # popularity (item counts), bpr-mf (matrix factorisation, BPR loss), two-tower (features, in-batch softmax).
+    model: Literal["popularity", "bpr-mf", "two-tower"] = "two-tower"
+    # Size of the user and item vectors.
+    embedding_dim: int = Field(default=64, ge=2, le=1024)
+    # Width of each tower's hidden layer (two-tower).
+    hidden_size: int = Field(default=128, ge=4)
+    # Size of each feature embedding inside the towers (two-tower).
+    field_dim: int = Field(default=16, ge=2)
+    # Chance that a training user is shown as unknown, so the towers learn cold-start users.
+    id_dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    # Subtract log item frequency from in-batch logits (Yi et al. 2019 sampling-bias correction).
+    logq_correction: bool = True
+    # Drop users with fewer interactions than this (leave-last-out needs three).
+    min_interactions: int = Field(default=3, ge=3)
+
+
 class Recipe(_Section):
     # Name of the model this recipe makes; used for folder and registry names.
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -233,3 +250,5 @@ class Recipe(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     # Compression steps applied to the trained package.
     compress: CompressConfig = Field(default_factory=CompressConfig)
+    # Recommendation models (used when data.dataset is an interactions dataset such as movielens100k).
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
