@@ -134,9 +134,11 @@ class ServedModel:
             return inputs
         size = int(np.prod(self.image_shape))
         checked = []
+        prep = self.predictor.preprocessor  # type: ignore[union-attr]
         for i, image in enumerate(inputs):
             if isinstance(image, (str, bytes)):
-                raise InputError(f"inputs[{i}]: expected a numeric array, got a string")
+                checked.append(prep.decode(image, where=f"inputs[{i}]"))
+                continue
             try:
                 arr = np.asarray(image, dtype=np.float32)
             except (TypeError, ValueError):
