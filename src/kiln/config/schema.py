@@ -231,6 +231,8 @@ class RecommendConfig(_Section):
     id_dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     # Subtract log item frequency from in-batch logits (Yi et al. 2019 sampling-bias correction).
     logq_correction: bool = True
+    # After choosing the epoch count on validation, retrain on train + validation (test stays held out).
+    refit_on_validation: bool = True
     # Drop users with fewer interactions than this (leave-last-out needs three).
     min_interactions: int = Field(default=3, ge=3)
 

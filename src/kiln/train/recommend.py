@@ -1,7 +1,10 @@
 """Train a recommender (popularity, BPR matrix factorisation or two-tower) and write its package.
 
 Reads top to bottom: load and split the interactions, encode features, fit the chosen model with
-early stopping on validation NDCG@10 (full ranking, seen items excluded), write the package.
+early stopping on validation NDCG@10 (full ranking, seen items excluded), then (by default)
+train it afresh on train + validation for the chosen number of epochs, so that each user's most
+recent known interaction informs the model, and write the package. The test interaction is never
+trained on.
 
 - BPR (Rendle et al. 2009): for each observed (user, item) pair, one uniformly sampled item
   should score lower; loss ``-log sigmoid(s_pos - s_neg)``.
@@ -81,18 +84,29 @@ def run(recipe: Recipe, run_dir: Path) -> RecommendFit:
     }
     net = build_recommender(params)
     start = time.perf_counter()
+    known = np.concatenate([splits.train, splits.validation])
     if params["kind"] == "popularity":
-        counts = np.bincount(splits.train[:, 1], minlength=len(splits.item_ids))
-        with torch.no_grad():
-            net.item_bias.copy_(torch.from_numpy(np.log1p(counts).astype(np.float32)))
+        _count_items(net, splits.train)
         steps, best = 0, validation_metrics(net, features, splits)
+        if recipe.recommend.refit_on_validation:
+            _count_items(net, known)
     else:
-        steps, best = _fit(net, features, splits, recipe)
+        steps, epochs, best = _fit(net, features, splits, recipe)
+        if recipe.recommend.refit_on_validation:
+            torch.manual_seed(recipe.seed)
+            net = build_recommender(params)
+            steps += _refit(net, features, known, recipe, epochs)
     wall_s = time.perf_counter() - start
     samples_per_s = steps * recipe.train.batch_size / wall_s if steps else 0.0
     package_dir = run_dir / "package"
     _write_package(package_dir, net, params, splits, user_specs, item_specs, recipe, best, steps, wall_s)
     return RecommendFit(package_dir=package_dir, metrics=best, steps=steps, samples_per_s=samples_per_s)
+
+
+def _count_items(net: RecommenderNet, pairs: np.ndarray) -> None:
+    counts = np.bincount(pairs[:, 1], minlength=len(net.item_bias))
+    with torch.no_grad():
+        net.item_bias.copy_(torch.from_numpy(np.log1p(counts).astype(np.float32)))
 
 
 def _encode(splits: InteractionSplits, user_specs: list[dict[str, Any]], item_specs: list[dict[str, Any]]) -> _Features:
@@ -104,35 +118,20 @@ def _encode(splits: InteractionSplits, user_specs: list[dict[str, Any]], item_sp
 
 def _fit(
     net: RecommenderNet, feats: _Features, splits: InteractionSplits, recipe: Recipe
-) -> tuple[int, dict[str, float]]:
-    cfg, rec = recipe.train, recipe.recommend
+) -> tuple[int, int, dict[str, float]]:
+    """Train with early stopping on validation NDCG@10; return (steps, best epoch count, best metrics)."""
+    cfg = recipe.train
     rng = np.random.default_rng(recipe.seed)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    counts = np.bincount(splits.train[:, 1], minlength=len(splits.item_ids)).astype(np.float64)
-    log_q = torch.from_numpy(np.log(np.maximum(counts, 1.0) / counts.sum()).astype(np.float32))
     best: dict[str, float] = {}
     best_state = copy.deepcopy(net.state_dict())
-    steps, stale = 0, 0
+    steps, stale, best_epochs = 0, 0, 1
     for epoch in range(cfg.epochs):
-        net.train()
-        order = rng.permutation(len(splits.train))
-        for start in range(0, len(order), cfg.batch_size):
-            batch = torch.from_numpy(splits.train[order[start : start + cfg.batch_size]])
-            users, items = batch[:, 0], batch[:, 1]
-            if net.kind == "mf":
-                loss = _bpr_loss(net, users, items, rng, len(splits.item_ids))
-            else:
-                loss = _in_batch_loss(net, feats, users, items, rng, rec.id_dropout, log_q, rec.logq_correction)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            if cfg.max_steps is not None and steps >= cfg.max_steps:
-                break
+        steps = _train_epoch(net, feats, splits.train, recipe, optimizer, rng, steps)
         metrics = validation_metrics(net, feats, splits)
-        logger.info("epoch %s: loss %.4f, validation %s", epoch + 1, loss.item(), metrics)
+        logger.info("epoch %s: validation %s", epoch + 1, metrics)
         if not best or metrics["ndcg@10"] > best["ndcg@10"]:
-            best, best_state, stale = metrics, copy.deepcopy(net.state_dict()), 0
+            best, best_state, stale, best_epochs = metrics, copy.deepcopy(net.state_dict()), 0, epoch + 1
         else:
             stale += 1
         is_out_of_steps = cfg.max_steps is not None and steps >= cfg.max_steps
@@ -140,7 +139,49 @@ def _fit(
             break
     net.load_state_dict(best_state)
     net.eval()
-    return steps, best
+    return steps, best_epochs, best
+
+
+def _refit(net: RecommenderNet, feats: _Features, pairs: np.ndarray, recipe: Recipe, epochs: int) -> int:
+    """Train ``net`` from scratch for a fixed number of epochs on ``pairs``; return the steps taken."""
+    rng = np.random.default_rng(recipe.seed)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
+    steps = 0
+    for _ in range(epochs):
+        steps = _train_epoch(net, feats, pairs, recipe, optimizer, rng, steps)
+    net.eval()
+    return steps
+
+
+def _train_epoch(
+    net: RecommenderNet,
+    feats: _Features,
+    pairs: np.ndarray,
+    recipe: Recipe,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    steps: int,
+) -> int:
+    cfg, rec = recipe.train, recipe.recommend
+    num_items = len(feats.item_cats)
+    counts = np.bincount(pairs[:, 1], minlength=num_items).astype(np.float64)
+    log_q = torch.from_numpy(np.log(np.maximum(counts, 1.0) / counts.sum()).astype(np.float32))
+    net.train()
+    order = rng.permutation(len(pairs))
+    for start in range(0, len(order), cfg.batch_size):
+        batch = torch.from_numpy(pairs[order[start : start + cfg.batch_size]])
+        users, items = batch[:, 0], batch[:, 1]
+        if net.kind == "mf":
+            loss = _bpr_loss(net, users, items, rng, num_items)
+        else:
+            loss = _in_batch_loss(net, feats, users, items, rng, rec.id_dropout, log_q, rec.logq_correction)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps += 1
+        if cfg.max_steps is not None and steps >= cfg.max_steps:
+            break
+    return steps
 
 
 def _bpr_loss(
