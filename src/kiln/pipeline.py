@@ -1,6 +1,7 @@
 """``kiln run``: the stages of a recipe in order, each talking to the next through the package.
 
-data -> train (writes the package) -> evaluate (through the runtime, on the test split).
+data -> train (writes the package) -> evaluate (through the runtime, on the test split), and for
+a recipe with a ``support`` section, the customer-service app package built on the classifier.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class PipelineResult:
     package_dir: Path
     report: dict[str, Any]
     eval_dir: Path
+    app_dir: Path | None = None  # the application package (support), when the recipe makes one
 
 
 def run_pipeline(recipe: Recipe, *, resume: bool = False) -> PipelineResult:
@@ -36,4 +38,11 @@ def run_pipeline(recipe: Recipe, *, resume: bool = False) -> PipelineResult:
             ece_bins=recipe.eval.ece_bins,
         )
     )
-    return PipelineResult(trained.package_dir, evaluated.report, evaluated.output_dir)
+    if recipe.support is None:
+        return PipelineResult(trained.package_dir, evaluated.report, evaluated.output_dir)
+    from kiln.apps.support import build_support_package
+
+    app_dir = trained.run_dir / "support"
+    _, support = build_support_package(recipe, trained.package_dir, app_dir)
+    report = dict(evaluated.report, support=support)
+    return PipelineResult(trained.package_dir, report, evaluated.output_dir, app_dir=app_dir)

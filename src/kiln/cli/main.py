@@ -156,6 +156,12 @@ def run(
     typer.echo(f"package: {result.package_dir}")
     if result.report.get("task") != "recommendation":
         typer.echo(f"test accuracy: {result.report['accuracy']:.4f}")
+    if result.app_dir is not None:
+        support = result.report["support"]
+        typer.echo(
+            f"support app: {result.app_dir} (hand-off threshold {support['threshold']:.3f}, "
+            f"test hand-off rate {support['test']['handoff_rate']:.3f})"
+        )
 
 
 @app.command()

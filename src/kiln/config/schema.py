@@ -237,6 +237,17 @@ class RecommendConfig(_Section):
     min_interactions: int = Field(default=3, ge=3)
 
 
+class SupportConfig(_Section):
+    # CSV of question,answer pairs to answer from; empty uses the chatterbot-corpus English pairs.
+    faq_file: str | None = None
+    # Pretrained sentence encoder (mean pooling) that embeds FAQ questions and user messages.
+    encoder: str = "minilm-l6"
+    # The hand-off threshold is the lowest confidence at which answered validation examples reach this accuracy.
+    target_accuracy: float = Field(default=0.9, gt=0.0, le=1.0)
+    # Cosine similarity below which the nearest FAQ question does not answer the message.
+    min_answer_score: float = Field(default=0.5, ge=-1.0, le=1.0)
+
+
 class Recipe(_Section):
     # Name of the model this recipe makes; used for folder and registry names.
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -254,3 +265,5 @@ class Recipe(_Section):
     compress: CompressConfig = Field(default_factory=CompressConfig)
     # Recommendation models (used when data.dataset is an interactions dataset such as movielens100k).
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
+    # Customer-service assistant built on the trained intent classifier (off when empty).
+    support: SupportConfig | None = None
