@@ -112,9 +112,14 @@ def bench_classifier(name: str, title: str, home: Path) -> list[str]:
         f"| {report['accuracy']:.4f} | {report['macro_f1']:.4f} | {report['ece']:.4f} "
         f"| {report['n']} | {seconds:.0f} |",
     ]
-    for key in ("handoff_rate", "threshold"):
-        if key in report:
-            lines.append(f"\n{key}: {report[key]}")
+    if "support" in report:
+        support = report["support"]
+        lines.append(
+            f"\nHand-off threshold {support['threshold']:.3f} (calibrated on validation for "
+            f"{support['target_accuracy']:.0%} answered accuracy): test hand-off rate "
+            f"{support['test']['handoff_rate']:.3f}, accuracy of answered messages "
+            f"{support['test']['answered_accuracy']:.4f}."
+        )
     return lines
 
 

@@ -17,6 +17,7 @@ import typer
 
 from kiln.cli.compress import compress
 from kiln.cli.registry import app as registry_app
+from kiln.cli.replay import replay
 from kiln.cli.serve import app as serve_app
 from kiln.errors import KilnError
 
@@ -31,6 +32,7 @@ recipe_app = typer.Typer(help="Inspect and validate recipes.", no_args_is_help=T
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(registry_app, name="registry")
 app.command("compress")(compress)
+app.command("replay")(replay)
 app.add_typer(serve_app, name="serve")
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="Overrides such as train.epochs=1 data.max_examples=500")]

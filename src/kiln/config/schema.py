@@ -248,6 +248,21 @@ class SupportConfig(_Section):
     min_answer_score: float = Field(default=0.5, ge=-1.0, le=1.0)
 
 
+class SentimentMonitorConfig(_Section):
+    # The label whose share is watched.
+    negative_label: str = "negative"
+    # Headlines per window; the share is computed over each full window, overall and per entity.
+    window_size: int = Field(default=50, ge=5)
+    # Alert when a window's negative share exceeds the reference by more than this.
+    margin: float = Field(default=0.15, gt=0.0, lt=1.0)
+    # Reference negative share; empty means the share of the label in the training split.
+    reference_share: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Fewest headlines about an entity in a window before its share can alert.
+    min_entity_count: int = Field(default=5, ge=1)
+    # Entity name -> keywords; a headline mentioning a keyword (case-insensitive word match) is about it.
+    entities: dict[str, list[str]] = Field(default_factory=dict)
+
+
 class Recipe(_Section):
     # Name of the model this recipe makes; used for folder and registry names.
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -267,3 +282,5 @@ class Recipe(_Section):
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     # Customer-service assistant built on the trained intent classifier (off when empty).
     support: SupportConfig | None = None
+    # Negative-share monitoring of a sentiment model's predictions over a stream (kiln replay).
+    monitor: SentimentMonitorConfig = Field(default_factory=SentimentMonitorConfig)
