@@ -27,6 +27,7 @@ demo: install
 	$(VENV)/bin/kiln run recipes/sentiment.yaml
 
 test: install
+	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -1,20 +1,33 @@
-"""Benchmark ``kiln serve``: throughput and latency with dynamic batching on vs off, one run.
+"""Benchmark ``kiln serve`` against the in-process ceiling and a plain FastAPI endpoint, one run.
 
-Starts one server holding the same package twice, as ``bench`` (batching on, the default) and
-``bench_off`` (batching off: one model call per request), then drives each with a closed-loop
-load generator at each concurrency and prints req/s, p50 and p99 and the on/off ratio.
+On the same package and the same real review texts (Rotten Tomatoes, via ``kiln.data``) it
+measures, and prints with the ratios issue 5's goals name:
 
-    python bench/serve.py                       # an untrained BERT-mini package built here
-    python bench/serve.py --model PATH --duration-s 20 --concurrency 1 16 64
+- the ceiling: the package's predictor called in-process, best of a small grid of batch sizes,
+  intra-op threads and parallel sessions; and the raw single-text latency (batch 1);
+- Kiln (``kiln serve`` with its defaults) and a plain FastAPI endpoint doing one inference per
+  request, each in its own uvicorn process, closed loop at concurrency 1, 16 and 64 and in an
+  open-loop (Poisson) rate sweep: throughput, p50, p99;
+- overload: Kiln at 10x its sustainable rate (stays up, sheds with 503, accepted p99 bounded)
+  and then at light load again (recovers);
+- with ``--soak-s N``: the server's resident memory over N seconds of steady load.
+- with ``--monitoring``: throughput with the prediction log and drift on vs off (goal >= 0.97).
 
-The load generator shares the machine's cores with the server, as a wrk run on the same host
-would; compare the two rows of one run, not numbers across machines.
+    python bench/serve.py --package PATH            # an int8 ONNX MiniLM package, say
+    python bench/serve.py --monitoring --package PATH --duration-s 20 --rounds 3
+    python bench/serve.py                           # an untrained BERT package built here
+    python bench/serve.py --size tiny --duration-s 1 --ceiling-s 0.5 --concurrency 1 4 \
+        --rates 0.5 1 --batch-sizes 1 8 --threads 1 --sessions 1 --overload-s 1 --soak-s 2  # smoke
+
+The load generator shares the machine's cores with the servers, as a wrk run on the same host
+would; compare rows of one run, not numbers across machines.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import shutil
@@ -23,8 +36,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -71,16 +86,144 @@ def build_package(dest: Path, size: str) -> Path:
     return dest
 
 
+def review_texts(count: int, max_words: int) -> list[str]:
+    """Real review snippets from the Rotten Tomatoes corpus, cut to ``max_words`` words."""
+    from kiln.data.sources import load_builtin
+
+    texts = [t for t in load_builtin("rotten_tomatoes").inputs if isinstance(t, str) and t.strip()]
+    random.Random(0).shuffle(texts)
+    return [" ".join(t.split()[:max_words]) for t in texts[:count]]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
-async def drive(
-    url: str, texts: list[str], concurrency: int, duration_s: float
-) -> dict[str, float]:
-    """Closed loop: ``concurrency`` clients each send one text, wait, repeat."""
+def summarize(latencies: list[float], elapsed_s: float, **extra: Any) -> dict[str, Any]:
+    lat = np.array(latencies) * 1000.0
+    return {
+        "rps": len(latencies) / max(elapsed_s, 1e-9),
+        "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+        "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+        **extra,
+    }
+
+
+# ---- the ceiling: the predictor in-process -------------------------------------------------
+
+
+def measure_in_process(
+    package: Path, texts: list[str], *, batch_size: int, threads: int, sessions: int, duration_s: float
+) -> dict[str, Any]:
+    """``sessions`` predictors, each in its own thread, each predicting batches back to back."""
+    import kiln.runtime
+
+    predictors = [kiln.runtime.load(package, num_threads=threads) for _ in range(sessions)]
+    for p in predictors:
+        p.predict(texts[:batch_size])  # warm-up
+    counts = [0] * sessions
+    batch_latencies: list[float] = []
+    end = time.perf_counter() + duration_s
+
+    def work(k: int) -> None:
+        rng = random.Random(k)
+        while time.perf_counter() < end:
+            batch = rng.sample(texts, batch_size)
+            start = time.perf_counter()
+            predictors[k].predict(batch)
+            batch_latencies.append(time.perf_counter() - start)
+            counts[k] += batch_size
+
+    began = time.perf_counter()
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(sessions)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - began
+    row = summarize(batch_latencies, elapsed)
+    row["rps"] = sum(counts) / elapsed  # texts per second
+    return row
+
+
+def search_ceiling(package: Path, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    best: dict[str, Any] = {"rps": 0.0}
+    print("ceiling search (texts/s in-process):")
+    for batch_size, threads, sessions in itertools.product(args.batch_sizes, args.threads, args.sessions):
+        if threads * sessions > max(args.threads):
+            continue  # oversubscription only loses here
+        row = measure_in_process(
+            package, texts, batch_size=batch_size, threads=threads, sessions=sessions, duration_s=args.ceiling_s
+        )
+        print(f"  batch {batch_size:>3} threads {threads} sessions {sessions}: {row['rps']:8.1f}")
+        if row["rps"] > best["rps"]:
+            best = {**row, "batch_size": batch_size, "threads": threads, "sessions": sessions}
+    return best
+
+
+# ---- the plain FastAPI endpoint ------------------------------------------------------------
+
+
+def plain_app(package: Path, threads: int) -> Any:
+    """One request, one inference: what a hand-written FastAPI endpoint does."""
+    from fastapi import FastAPI
+
+    import kiln.runtime
+
+    predictor = kiln.runtime.load(package, num_threads=threads)
+    app = FastAPI()
+
+    @app.post("/v1/models/{name}:predict")
+    def predict(name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"outputs": predictor.predict(body["inputs"])}
+
+    @app.get("/v2/health/ready")
+    def ready() -> dict[str, bool]:
+        return {"ready": True}
+
+    return app
+
+
+def serve_plain(package: Path, port: int, threads: int) -> None:
+    import uvicorn
+
+    uvicorn.run(plain_app(package, threads), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# ---- servers and load ----------------------------------------------------------------------
+
+
+def start(argv: list[str], base: str) -> subprocess.Popen[bytes]:
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = dict(os.environ, PYTHONPATH=f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    server = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/v2/health/ready", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None:
+            raise SystemExit(f"server exited before it was ready: {argv}")
+        time.sleep(0.2)
+    stop(server)
+    raise SystemExit(f"server not ready after 120 s: {argv}")
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+async def closed_loop(url: str, texts: list[str], concurrency: int, duration_s: float) -> dict[str, Any]:
+    """``concurrency`` clients each send one text, wait for the answer, repeat."""
     latencies: list[float] = []
     errors = 0
     end = time.perf_counter() + duration_s
@@ -91,99 +234,288 @@ async def drive(
             nonlocal errors
             rng = random.Random(seed)
             while time.perf_counter() < end:
-                start = time.perf_counter()
+                begin = time.perf_counter()
                 resp = await client.post(url, json={"inputs": [rng.choice(texts)]})
                 if resp.status_code == 200:
-                    latencies.append(time.perf_counter() - start)
+                    latencies.append(time.perf_counter() - begin)
                 else:
                     errors += 1
 
         began = time.perf_counter()
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
         elapsed = time.perf_counter() - began
-    lat = np.array(latencies) * 1000.0
-    return {
-        "rps": len(latencies) / elapsed,
-        "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
-        "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
-        "errors": errors,
-    }
+    return summarize(latencies, elapsed, errors=errors)
+
+
+async def open_loop(url: str, texts: list[str], rate: float, duration_s: float) -> dict[str, Any]:
+    """Poisson arrivals at ``rate`` req/s whatever the answers; counts 503s and other failures."""
+    latencies: list[float] = []
+    shed = failed = 0
+    rng = random.Random(7)
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+        async def one(text: str) -> None:
+            nonlocal shed, failed
+            begin = time.perf_counter()
+            try:
+                resp = await client.post(url, json={"inputs": [text]})
+            except httpx.HTTPError:
+                failed += 1
+                return
+            if resp.status_code == 200:
+                latencies.append(time.perf_counter() - begin)
+            elif resp.status_code in (429, 503):
+                shed += 1
+            else:
+                failed += 1
+
+        tasks = []
+        began = time.perf_counter()
+        next_at = began
+        while next_at < began + duration_s:
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(rng.choice(texts))))
+            next_at += rng.expovariate(rate)
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - began
+    return summarize(latencies, elapsed, offered=rate, shed=shed, failed=failed)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def soak(server: subprocess.Popen[bytes], url: str, texts: list[str], seconds: float) -> list[float]:
+    """Resident memory of the server, sampled every ~``seconds/10`` under steady c=16 load."""
+    samples = [rss_mib(server.pid)]
+    step = max(seconds / 10.0, 1.0)
+    spent = 0.0
+    while spent < seconds:
+        asyncio.run(closed_loop(url, texts, 16, step))
+        spent += step
+        samples.append(rss_mib(server.pid))
+    return samples
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+
+def row(label: str, r: dict[str, Any], extra: str = "") -> None:
+    print(f"  {label:<24} {r['rps']:>9.1f} {r['p50_ms']:>9.1f} {r['p99_ms']:>9.1f}  {extra}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, help="text package folder (default: build one)")
-    parser.add_argument("--size", default="mini", help="BERT size of the built package")
-    parser.add_argument("--duration-s", type=float, default=8.0, help="seconds per measurement")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[16])
-    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--package", type=Path, help="text package folder (default: build one)")
+    parser.add_argument("--size", default="mini", help="BERT size of the package built without --package")
+    parser.add_argument("--duration-s", type=float, default=10.0, help="seconds per load measurement")
+    parser.add_argument("--ceiling-s", type=float, default=3.0, help="seconds per ceiling grid point")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument(
+        "--rates",
+        type=float,
+        nargs="+",
+        default=[0.25, 0.5, 0.75, 1.0, 1.25],
+        help="open-loop rates as fractions of Kiln's c=64 throughput",
+    )
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--max-words", type=int, default=48, help="review texts cut to this many words")
+    parser.add_argument("--overload-s", type=float, default=10.0, help="seconds at 10x the sustainable rate")
+    parser.add_argument("--soak-s", type=float, default=0.0, help="memory soak seconds (0: skip)")
+    parser.add_argument("--plain-server", type=int, help=argparse.SUPPRESS)  # internal: serve plain on PORT
+    parser.add_argument("--max-batch-size", type=int, default=32, help="batcher size (--monitoring)")
+    parser.add_argument("--monitoring", action="store_true", help="measure monitoring on vs off instead")
+    parser.add_argument("--rounds", type=int, default=2, help="off/on alternations (--monitoring)")
     args = parser.parse_args()
+    if args.plain_server:
+        serve_plain(args.package, args.plain_server, max(args.threads))
+        return
 
     work = Path(tempfile.mkdtemp(prefix="kiln-bench-serve-"))
-    model = args.model or build_package(work / "bench", args.size)
-    batching_on = {"max_batch_size": args.max_batch_size}
-    config = {
-        "models": [
-            {"name": "bench", "versions": {1: str(model)}, "batching": batching_on},
-            {"name": "bench_off", "versions": {1: str(model)}, "batching": {"enabled": False}},
-        ],
-        "max_request_inputs": 1024,
-    }
-    (work / "serve.yaml").write_text(yaml.safe_dump(config))
+    if args.monitoring:
+        try:
+            bench_monitoring(args.package or build_package(work / "bench", args.size), work, args)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    kiln_server = plain_server = None
+    try:
+        package = args.package or build_package(work / "bench", args.size)
+        texts = review_texts(2000, args.max_words)
+        print(f"package {package}  {len(texts)} review texts  cores {os.cpu_count()}  {args.duration_s:.0f}s per row")
+
+        ceiling = search_ceiling(package, texts, args)
+        single = measure_in_process(
+            package, texts, batch_size=1, threads=ceiling["threads"], sessions=1, duration_s=args.ceiling_s
+        )
+        print(
+            f"ceiling {ceiling['rps']:.1f} texts/s (batch {ceiling['batch_size']}, threads {ceiling['threads']}, "
+            f"sessions {ceiling['sessions']}); raw single-text latency p50 {single['p50_ms']:.2f} ms"
+        )
+
+        (work / "serve.yaml").write_text(yaml.safe_dump({"models": [{"name": "bench", "versions": {1: str(package)}}]}))
+        kiln_port, plain_port = free_port(), free_port()
+        kiln_base, plain_base = f"http://127.0.0.1:{kiln_port}", f"http://127.0.0.1:{plain_port}"
+        kiln_server = start(
+            [
+                sys.executable,
+                "-m",
+                "kiln.cli.main",
+                "serve",
+                "--config",
+                str(work / "serve.yaml"),
+                "--port",
+                str(kiln_port),
+            ],
+            kiln_base,
+        )
+        plain_server = start(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--package",
+                str(package),
+                "--threads",
+                str(max(args.threads)),
+                "--plain-server",
+                str(plain_port),
+            ],
+            plain_base,
+        )
+        urls = {"kiln": kiln_base + "/v1/models/bench:predict", "plain": plain_base + "/v1/models/bench:predict"}
+
+        print(f"\nclosed loop{'':<14} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}")
+        closed: dict[tuple[str, int], dict[str, Any]] = {}
+        for concurrency in args.concurrency:
+            for name, url in urls.items():
+                closed[name, concurrency] = r = asyncio.run(closed_loop(url, texts, concurrency, args.duration_s))
+                row(f"{name} c={concurrency}", r, f"errors {r['errors']}")
+
+        top_c = max(args.concurrency)
+        sustainable = closed["kiln", top_c]["rps"]
+        print(f"\nopen loop (rates x {sustainable:.0f} req/s)  {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}")
+        for fraction in args.rates:
+            for name, url in urls.items():
+                r = asyncio.run(open_loop(url, texts, sustainable * fraction, args.duration_s))
+                row(f"{name} {sustainable * fraction:.0f}/s", r, f"shed {r['shed']} failed {r['failed']}")
+
+        print("\noverload (Kiln at 10x the sustainable rate, then at c=1)")
+        over = asyncio.run(open_loop(urls["kiln"], texts, sustainable * 10, args.overload_s))
+        row(f"kiln {sustainable * 10:.0f}/s", over, f"shed {over['shed']} failed {over['failed']}")
+        is_up = kiln_server.poll() is None
+        after = asyncio.run(closed_loop(urls["kiln"], texts, 1, args.duration_s))
+        row("kiln c=1 after", after, f"errors {after['errors']}")
+        before = closed["kiln", min(args.concurrency)]
+        print(
+            f"  stays up: {is_up}; sheds with 503: {over['shed'] > 0}; accepted p99 {over['p99_ms']:.0f} ms; "
+            f"recovers: p50 {after['p50_ms']:.2f} ms vs {before['p50_ms']:.2f} ms before"
+        )
+
+        if args.soak_s > 0:
+            samples = soak(kiln_server, urls["kiln"], texts, args.soak_s)
+            print(
+                f"\nsoak {args.soak_s:.0f}s at c=16: RSS MiB "
+                + " ".join(f"{s:.0f}" for s in samples)
+                + f"  (growth {samples[-1] - samples[1]:+.1f} MiB after warm-up)"
+            )
+
+        print("\ngoals")
+        k, p = closed["kiln", top_c], closed["plain", top_c]
+        print(f"  c={top_c}: Kiln / plain throughput {k['rps'] / max(p['rps'], 1e-9):.2f}x (goal >= 1.3)")
+        print(f"  c={top_c}: Kiln p99 / plain p99 {k['p99_ms'] / p['p99_ms']:.2f} (goal <= 0.5)")
+        print(f"  c={top_c}: Kiln / ceiling {k['rps'] / ceiling['rps']:.2f} (goal >= 0.9)")
+        c1 = closed["kiln", min(args.concurrency)]
+        print(
+            f"  c={min(args.concurrency)}: Kiln p50 - raw single-text latency "
+            f"{c1['p50_ms'] - single['p50_ms']:+.2f} ms (goal <= +1 ms)"
+        )
+    finally:
+        for server in (kiln_server, plain_server):
+            if server is not None:
+                stop(server)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_monitoring(model: Path, work: Path, args: argparse.Namespace) -> None:
+    """Throughput with the prediction log and drift on vs off: two servers, same package, one run.
+
+    Monitoring is a server-wide setting, so one server runs with it off and one with it on
+    (100% sampling, drift with the embedding projection against a reference profile written
+    into a copy of the package, the default settings: drift every 10 s over 500 rows). The
+    rows alternate off/on ``--rounds`` times to spread the noise of a shared machine.
+    """
+    from kiln.monitor.profile import write_reference_profile
+
+    rng = random.Random(1)
+    texts = [" ".join(rng.choices(WORDS, k=rng.randint(4, 48))) for _ in range(256)]
+    package = work / "bench-profiled"
+    shutil.copytree(model, package)
+    write_reference_profile(package, texts[:200])
+    monitor = {"enabled": True, "log_dir": str(work / "monitor")}
+    batching = {"max_batch_size": args.max_batch_size}
+    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    try:
+        for label, extra in (("off", {}), ("on", {"monitor": monitor})):
+            config = {"models": [{"name": "bench", "versions": {1: str(package)}, "batching": batching}]}
+            servers[label] = _start_server({**config, **extra}, work / f"serve-{label}.yaml")
+        for proc, base in servers.values():
+            _wait_ready(proc, base)
+        print(f"model {model}  duration {args.duration_s:.0f}s per row  cores {os.cpu_count()}")
+        print(f"{'concurrency':>11} {'monitor':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+        for concurrency in args.concurrency:
+            rps: dict[str, list[float]] = {"off": [], "on": []}
+            for _ in range(args.rounds):
+                for label in ("off", "on"):
+                    url = f"{servers[label][1]}/v1/models/bench:predict"
+                    r = asyncio.run(closed_loop(url, texts, concurrency, args.duration_s))
+                    rps[label].append(r["rps"])
+                    print(
+                        f"{concurrency:>11} {label:>8} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} "
+                        f"{r['p99_ms']:>8.1f} {r['errors']:>6}"
+                    )
+            ratio = sum(rps["on"]) / max(sum(rps["off"]), 1e-9)
+            print(f"{concurrency:>11} {'on/off':>8} {ratio:>8.3f}x throughput (goal >= 0.97)")
+        reports = httpx.get(servers["on"][1] + "/v1/monitor/reports", timeout=10).json()
+        drift = sum(len(r["columns"]) for r in reports)
+        print(f"monitoring: {sum(r['rows'] for r in reports)} rows in the window, {drift} drift statistics")
+    finally:
+        for proc, _ in servers.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc, _ in servers.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _start_server(config: dict, path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    path.write_text(yaml.safe_dump(config))
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
     src = Path(__file__).resolve().parents[1] / "src"
     env = dict(os.environ, PYTHONPATH=f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kiln.cli.main",
-            "serve",
-            "--config",
-            str(work / "serve.yaml"),
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None:
-                raise SystemExit("server exited before it was ready")
-            time.sleep(0.2)
-        rng = random.Random(1)
-        texts = [" ".join(rng.choices(WORDS, k=rng.randint(4, 48))) for _ in range(256)]
-        print(f"model {model}  duration {args.duration_s:.0f}s per row  cores {os.cpu_count()}")
-        header = ("concurrency", "batching", "req/s", "p50 ms", "p99 ms", "errors")
-        print(" ".join(f"{h:>{w}}" for h, w in zip(header, (11, 8, 8, 8, 8, 6), strict=True)))
-        for concurrency in args.concurrency:
-            rows = {}
-            for name, label in (("bench_off", "off"), ("bench", "on")):
-                url = f"{base}/v1/models/{name}:predict"
-                rows[label] = asyncio.run(drive(url, texts, concurrency, args.duration_s))
-                r = rows[label]
-                print(
-                    f"{concurrency:>11} {label:>8} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} "
-                    f"{r['p99_ms']:>8.1f} {r['errors']:>6}"
-                )
-            ratio = rows["on"]["rps"] / max(rows["off"]["rps"], 1e-9)
-            print(f"{concurrency:>11} {'on/off':>8} {ratio:>8.2f}x throughput")
-    finally:
-        server.send_signal(signal.SIGTERM)
+    command = [sys.executable, "-m", "kiln.cli.main", "serve", "--config", str(path), "--port", str(port)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], base: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        shutil.rmtree(work, ignore_errors=True)
+            if httpx.get(base + "/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit("server exited before it was ready")
+        time.sleep(0.2)
+    raise SystemExit("server not ready after 120 s")
 
 
 if __name__ == "__main__":

@@ -95,3 +95,16 @@ def text_package(tmp_path: Path) -> Path:
 @pytest.fixture
 def image_package(tmp_path: Path) -> Path:
     return make_image_package(tmp_path / "image-pkg")
+
+
+@pytest.fixture(scope="session")
+def trained_text_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT teacher trained for a few steps by ``kiln.train`` on its recipe's real data."""
+    import kiln.train
+    from kiln.config import parse_recipe
+    from tests.helpers import tiny_text_recipe
+
+    run_dir = tmp_path_factory.mktemp("teacher-run")
+    result = kiln.train.run(parse_recipe(tiny_text_recipe(run_dir, epochs=2)))
+    assert result.package_dir is not None
+    return result.package_dir

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from tests.helpers import kiln_cli, write_recipe
 
 

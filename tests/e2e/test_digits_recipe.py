@@ -8,11 +8,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from tests.helpers import ROOT, kiln_cli
 from tests.integration.serve_harness import serving
 
 from kiln.serve.config import ModelConfig, ServeConfig
+
+pytestmark = pytest.mark.slow
 
 
 def test_digits_recipe_runs_and_its_package_classifies_png_digits(tmp_path: Path) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from tests.helpers import ROOT, SHARED_DATA, kiln_cli
 from tests.integration.serve_harness import serving
 
 from kiln.serve.config import ModelConfig, ServeConfig
+
+pytestmark = pytest.mark.slow
 
 
 def test_finance_recipe_runs_and_replay_streams_headlines_through_the_server(tmp_path: Path) -> None:

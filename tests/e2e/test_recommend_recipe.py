@@ -11,6 +11,8 @@ from tests.helpers import ROOT, kiln_cli
 # Test NDCG@10 of the popularity baseline on MovieLens-100k (deterministic: counts only).
 POPULARITY_NDCG_AT_10 = 0.0330
 
+pytestmark = pytest.mark.slow
+
 
 def test_recommend_recipe_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"

@@ -18,6 +18,8 @@ My card has not arrived yet,Cards arrive within 5 working days; after that we se
 Why was I charged a fee?,Transfers in a foreign currency carry a 0.5% fee.
 """
 
+pytestmark = pytest.mark.slow
+
 
 def test_support_recipe_runs_and_answers_or_hands_off_over_http(tmp_path: Path) -> None:
     faq = tmp_path / "faq.csv"

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from tests.helpers import kiln_cli, tiny_text_recipe, write_recipe
 
 pytestmark = pytest.mark.slow

@@ -7,12 +7,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from serve_harness import hold_model, serving, wait_until
 
 import kiln
-from conftest import make_text_package
 from kiln.serve.client import ServerError
 from kiln.serve.config import BatchingConfig, ModelConfig, ServeConfig
+from tests.conftest import make_text_package
+from tests.integration.serve_harness import hold_model, serving, wait_until
 
 
 @pytest.fixture(scope="module")

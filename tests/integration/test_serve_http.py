@@ -9,13 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_harness import hold_model, serving, wait_until
 
-from conftest import make_image_package, make_text_package
 from kiln.errors import ConfigError
 from kiln.serve.app import create_app
 from kiln.serve.config import BatchingConfig, ModelConfig, ServeConfig
 from kiln.serve.security import token_verifier
+from tests.conftest import make_image_package, make_text_package
+from tests.integration.serve_harness import hold_model, serving, wait_until
 
 PIXELS = [float(i % 17) for i in range(64)]
 
@@ -361,3 +361,14 @@ def test_serve_refuses_to_load_from_a_url(text_pkg: Path) -> None:
             headers={"Authorization": "Bearer t"},
         )
         assert resp.status_code == 400 and "URLs is not allowed" in resp.json()["error"]
+
+
+def test_serve_rest_predict_rejects_an_undecodable_body_with_a_json_error(server: Any) -> None:
+    resp = httpx.post(
+        server.url + "/v1/models/sentiment:predict",
+        content=b"\x00\xff\xfe",
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert resp.status_code == 400
+    assert resp.json()["error"].startswith("body:")

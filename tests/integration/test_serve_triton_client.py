@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from serve_harness import serving
 
-from conftest import make_image_package, make_text_package
 from kiln.serve.config import ModelConfig, ServeConfig
+from tests.conftest import make_image_package, make_text_package
+from tests.integration.serve_harness import serving
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,26 @@ def compress(
     recipe: Annotated[
         Path | None, typer.Option(help="Recipe whose compress section and data to use")
     ] = None,
+    target_latency_ms: Annotated[
+        float | None,
+        typer.Option(help="Search: p50 latency at batch 1 to reach (with --max-accuracy-drop)"),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(help="Search: accuracy points allowed below the teacher (1.0 = one point)"),
+    ] = None,
+    budget_candidates: Annotated[
+        int, typer.Option(min=1, help="Search: candidates evaluated at most")
+    ] = 12,
     overrides: Annotated[
         list[str] | None,
         typer.Argument(help="Overrides of the compress section, e.g. quantize.per_channel=false"),
     ] = None,
 ) -> None:
-    """Compress a package step by step (onnx, quantize-dynamic, quantize-static, quantize-torch,
-    cast, sparsity, prune); print each package written with its metrics."""
+    """Compress a package step by step (distill, onnx, quantize-dynamic, quantize-static,
+    quantize-torch, cast, sparsity, prune) and print each package written with its metrics; or,
+    with --target-latency-ms and --max-accuracy-drop, search for the smallest package within
+    that budget (exit status 2 when none meets it)."""
     import kiln.compress
     from kiln.cli.main import user_errors
     from kiln.config.loader import apply_overrides, load_recipe
@@ -47,6 +60,9 @@ def compress(
                 train_samples=max(cfg.quantize.calibration_samples, cfg.prune.importance_samples),
             )
         names = [s.strip() for s in steps.split(",") if s.strip()] if steps else None
+        if target_latency_ms is not None or max_accuracy_drop is not None:
+            _search(package, output, cfg, examples, names, target_latency_ms, max_accuracy_drop, budget_candidates)
+            return
         result = kiln.compress.run(
             package, output_dir=output, config=cfg, steps=names, examples=examples
         )
@@ -59,3 +75,41 @@ def compress(
             "metrics": manifest["metrics"],
         }
         typer.echo(json.dumps(summary))
+
+
+def _search(
+    package: Path,
+    output: Path,
+    cfg: object,
+    examples: object,
+    steps: list[str] | None,
+    target_latency_ms: float | None,
+    max_accuracy_drop: float | None,
+    budget_candidates: int,
+) -> None:
+    from kiln.compress import CompressError
+    from kiln.compress.search import SearchConfig, search
+
+    if target_latency_ms is None or max_accuracy_drop is None:
+        raise CompressError("a budget search needs both --target-latency-ms and --max-accuracy-drop")
+    if steps:
+        raise CompressError("--steps and a budget search exclude each other: the search picks the steps")
+    budget = SearchConfig(
+        target_latency_ms=target_latency_ms,
+        max_accuracy_drop=max_accuracy_drop,
+        max_candidates=budget_candidates,
+    )
+    result = search(package, output_dir=output, budget=budget, config=cfg, examples=examples)  # type: ignore[arg-type]
+    for candidate in result.candidates:
+        typer.echo(json.dumps(candidate))
+    typer.echo(f"pareto front: {', '.join(result.pareto)}")
+    typer.echo(f"report: {result.report}")
+    if result.chosen is None:
+        raise CompressError(f"budget not met: {result.failure}")
+    chosen = result.chosen
+    typer.echo(
+        f"chosen: {chosen['path']} ({chosen['id']}): accuracy {chosen['accuracy']:.4f} "
+        f"(-{chosen['accuracy_drop_points']:.2f} points), p50 {chosen['latency_p50_ms']:.3f} ms "
+        f"({chosen['latency_ratio']:.1f}x faster), {chosen['size_bytes']} bytes "
+        f"({chosen['size_ratio']:.1f}x smaller)"
+    )

@@ -15,7 +15,9 @@ from typing import Annotated
 
 import typer
 
+from kiln.cli.compare import compare
 from kiln.cli.compress import compress
+from kiln.cli.monitor import monitor, ui
 from kiln.cli.registry import app as registry_app
 from kiln.cli.replay import replay
 from kiln.cli.serve import app as serve_app
@@ -32,8 +34,11 @@ recipe_app = typer.Typer(help="Inspect and validate recipes.", no_args_is_help=T
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(registry_app, name="registry")
 app.command("compress")(compress)
+app.command("compare")(compare)
 app.command("replay")(replay)
 app.add_typer(serve_app, name="serve")
+app.command("monitor")(monitor)
+app.command("ui")(ui)
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="Overrides such as train.epochs=1 data.max_examples=500")]
 
@@ -119,8 +124,13 @@ def eval_(
         Path | None, typer.Option("--output-dir", help="Where report.json and confusion_matrix.png go")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON")] = False,
+    speed: Annotated[
+        bool, typer.Option("--speed", help="Also measure latency, throughput, size and peak memory")
+    ] = False,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads when timing")] = None,
 ) -> None:
-    """Evaluate a package: accuracy, macro-F1, per-class precision/recall, confusion matrix, ECE."""
+    """Evaluate a package: accuracy, macro-F1, per-class precision/recall, confusion matrix, ECE
+    (and with --speed: latency p50/p95/p99, throughput at batch 1/8/32/128, size, peak memory)."""
     import kiln.evaluate
 
     with user_errors():
@@ -132,6 +142,8 @@ def eval_(
                 label_column=label_column,
                 encoding=encoding,
                 output_dir=output_dir,
+                measure_speed=speed,
+                num_threads=threads,
             )
         )
     if as_json:
@@ -210,6 +222,10 @@ def _print_report(report: dict) -> None:
             name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"])
         )
     console.print(per_class)
+    if "speed" in report:
+        from kiln.evaluate.compare import speed_table
+
+        console.print(speed_table(report["speed"]))
 
 
 def main() -> None:

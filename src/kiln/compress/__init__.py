@@ -2,8 +2,8 @@
 
 ``run(package, steps=[...], output_dir=...)`` applies the steps in order; each step reads the
 previous step's package, writes its own (atomically, with lineage to its parent and the metrics
-measured against it) and hands it on. Steps are plain functions in ``STEPS``, so distillation and
-the latency-budget search slot in as more entries.
+measured against it) and hands it on. Steps are plain functions in ``STEPS``; the latency-budget
+search (``kiln.compress.search``) combines them into candidates.
 """
 
 from __future__ import annotations
@@ -29,6 +29,14 @@ class CompressResult:
 
     packages: list[Path]
     manifests: list[dict[str, Any]]
+
+
+def _distill(
+    parent: Path, manifest: dict[str, Any], dest: Path, cfg: CompressConfig, ex: Examples
+) -> dict[str, Any]:
+    from kiln.compress.distill import distill_package
+
+    return distill_package(parent, manifest, dest, cfg.distill, ex)
 
 
 def _onnx(
@@ -84,10 +92,11 @@ def _prune(
 ) -> dict[str, Any]:
     from kiln.compress.pruning import prune_structured
 
-    return prune_structured(parent, manifest, dest, cfg.prune, ex)
+    return prune_structured(parent, manifest, dest, cfg.prune, ex, recovery=cfg.distill)
 
 
 STEPS: dict[str, Step] = {
+    "distill": _distill,
     "onnx": _onnx,
     "quantize-dynamic": _quantize_dynamic,
     "quantize-static": _quantize_static,

@@ -21,13 +21,23 @@ from kiln.compress.checks import check_against_parent
 from kiln.compress.errors import CompressError
 from kiln.compress.examples import Examples
 from kiln.compress.packaging import child_package
-from kiln.config.schema import PruneConfig
+from kiln.config.schema import DistillConfig, PruneConfig
 
 
 def prune_structured(
-    parent: Path, parent_manifest: dict[str, Any], dest: Path, cfg: PruneConfig, examples: Examples
+    parent: Path,
+    parent_manifest: dict[str, Any],
+    dest: Path,
+    cfg: PruneConfig,
+    examples: Examples,
+    *,
+    recovery: DistillConfig | None = None,
 ) -> dict[str, Any]:
-    """Write a package with the least important heads and FFN neurons removed."""
+    """Write a package with the least important heads and FFN neurons removed.
+
+    With ``cfg.recovery_epochs`` > 0 the pruned model is then fine-tuned by distillation from
+    the unpruned parent, with the loss settings of ``recovery`` (the ``distill`` section).
+    """
     import kiln.runtime
     from kiln.runtime.weights import count_parameters, load_torch_model, save_torch_model
 
@@ -36,8 +46,7 @@ def prune_structured(
         raise CompressError(f"{parent}: prune needs a fp32 torch package")
     if arch.get("family") != "hf":
         raise CompressError(
-            f"{parent}: structured pruning supports transformer text packages, "
-            f"not the {arch.get('family')!r} family"
+            f"{parent}: structured pruning supports transformer text packages, not the {arch.get('family')!r} family"
         )
     inputs = list(examples.train_inputs[: cfg.importance_samples])
     if not inputs:
@@ -56,6 +65,12 @@ def prune_structured(
     params_before = count_parameters(model)
     prune_model(model, keep_heads, keep_neurons)
     settings = cfg.model_dump(mode="json")
+    recovered = None
+    if cfg.recovery_epochs:
+        recovered = _recover(
+            parent, parent_manifest, model, recovery or DistillConfig(), cfg, examples
+        )
+        settings["recovery"] = (recovery or DistillConfig()).model_dump(mode="json")
     with child_package(
         parent, parent_manifest, dest, transformation="prune", settings=settings
     ) as child:
@@ -83,11 +98,42 @@ def prune_structured(
                 "importance_samples": len(inputs),
                 "used_labels": examples.train_labels is not None,
             },
+            **({"recovery": recovered} if recovered is not None else {}),
             "agreement": check_against_parent(
                 parent, child.staging, examples.eval_inputs, examples.eval_labels
             ),
         }
         return child.finalize()
+
+
+def _recover(
+    parent: Path,
+    parent_manifest: dict[str, Any],
+    model: Any,
+    distill_cfg: DistillConfig,
+    cfg: PruneConfig,
+    examples: Examples,
+) -> dict[str, Any]:
+    """Recovery fine-tuning: distil the unpruned parent into the pruned model, layer to layer."""
+    import kiln.runtime
+    from kiln.compress.distill import training_data
+    from kiln.compress.distill_loop import distill_model
+    from kiln.runtime.weights import load_torch_model
+
+    teacher = load_torch_model(parent, parent_manifest)
+    predictor = kiln.runtime.load(parent, device="cpu", verify=False)
+    data = training_data(parent_manifest, examples, distill_cfg, predictor)
+    n_layers = int(model.config.num_hidden_layers)
+    return distill_model(
+        teacher,
+        model,
+        data,
+        predictor.preprocessor.collate,
+        distill_cfg,
+        layer_map=list(range(n_layers)),
+        seed=int((parent_manifest.get("recipe") or {}).get("seed", 0)),
+        epochs=cfg.recovery_epochs,
+    )
 
 
 def importance_scores(

@@ -224,6 +224,7 @@ class _CalibrationReader:
     """Feeds one preprocessed training example per call to ONNX Runtime's calibrator."""
 
     def __init__(self, predictor: Any, inputs: Sequence[Any], names: list[str]) -> None:
+        self._inputs = inputs
         self._items = iter(inputs)
         self._predictor = predictor
         self._names = names
@@ -236,4 +237,4 @@ class _CalibrationReader:
         return {name: features[name] for name in self._names}
 
     def rewind(self) -> None:
-        raise NotImplementedError("calibration reads the data once")
+        self._items = iter(self._inputs)

@@ -110,6 +110,8 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(default=None, ge=1)
     # Global batch size per optimizer step, across all processes and accumulation steps.
     batch_size: int = Field(default=32, ge=1)
+    # Batch texts of similar length together (less padding, faster on CPU); the order stays seeded.
+    group_by_length: bool = False
     # Split each global batch into this many sequential micro-batches.
     grad_accum_steps: int = Field(default=1, ge=1)
     # Peak learning rate of AdamW.
@@ -152,7 +154,14 @@ class EvalConfig(_Section):
 
 
 CompressStep = Literal[
-    "onnx", "quantize-dynamic", "quantize-static", "quantize-torch", "cast", "sparsity", "prune"
+    "distill",
+    "onnx",
+    "quantize-dynamic",
+    "quantize-static",
+    "quantize-torch",
+    "cast",
+    "sparsity",
+    "prune",
 ]
 
 
@@ -197,6 +206,47 @@ class PruneConfig(_Section):
     importance_samples: int = Field(default=64, ge=1)
     # Batch size when accumulating importance gradients.
     batch_size: int = Field(default=16, ge=1)
+    # Epochs of recovery distillation from the unpruned parent after pruning (0: none).
+    recovery_epochs: int = Field(default=0, ge=0)
+
+
+class DistillConfig(_Section):
+    # Student encoder layers; empty: half the teacher's, rounded up.
+    num_layers: int | None = Field(default=None, ge=1)
+    # Student hidden width; empty: the teacher's.
+    hidden_size: int | None = Field(default=None, ge=8)
+    # Student attention heads; empty: the teacher's (hidden_size must divide by it).
+    num_heads: int | None = Field(default=None, ge=1)
+    # Student FFN width; empty: the teacher's, scaled with hidden_size.
+    intermediate_size: int | None = Field(default=None, ge=8)
+    # teacher-layers: copy uniformly spaced teacher layers (sliced to the student's widths); scratch: random.
+    init: Literal["teacher-layers", "scratch"] = "teacher-layers"
+    # Softmax temperature of the soft targets (Hinton et al. 2015).
+    temperature: float = Field(default=2.0, gt=0.0)
+    # Weight of the soft-target KL term; 1 - alpha weights cross-entropy on labels.
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    # Weight of the hidden-state MSE to the teacher's mapped layers (TinyBERT); 0: off.
+    hidden_weight: float = Field(default=0.0, ge=0.0)
+    # Weight of the attention-map MSE to the teacher's mapped layers (TinyBERT); 0: off.
+    attention_weight: float = Field(default=0.0, ge=0.0)
+    # Passes over the training texts.
+    epochs: int = Field(default=3, ge=1)
+    # Stop after this many optimizer steps (empty: run all epochs).
+    max_steps: int | None = Field(default=None, ge=1)
+    # Texts per optimizer step.
+    batch_size: int = Field(default=32, ge=1)
+    # Peak AdamW learning rate.
+    lr: float = Field(default=1e-4, gt=0.0, le=1.0)
+    # AdamW decoupled weight decay (not applied to biases and norms).
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    # Fraction of steps with linear warmup before linear decay.
+    warmup_ratio: float = Field(default=0.06, ge=0.0, lt=1.0)
+    # Augmented copies of the training texts for distillation (EDA delete/swap); off when empty.
+    augment: TextAugmentConfig = Field(default_factory=TextAugmentConfig)
+    # A UTF-8 file of unlabelled texts, one per line, learned from the teacher's soft targets only.
+    unlabelled_file: str | None = None
+    # Train on the soft targets only, ignoring labels (alpha is then taken as 1).
+    ignore_labels: bool = False
 
 
 class CompressConfig(_Section):
@@ -216,6 +266,8 @@ class CompressConfig(_Section):
     sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
     # Structured pruning of heads and FFN neurons.
     prune: PruneConfig = Field(default_factory=PruneConfig)
+    # Knowledge distillation into a smaller student (also recovery after pruning).
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
 
 class RecommendConfig(_Section):

@@ -15,6 +15,8 @@ import numpy as np
 
 from kiln.errors import DataError
 
+SPEED_SAMPLES = 128  # evaluation inputs cycled through when timing
+
 
 @dataclass(frozen=True)
 class EvaluationConfig:
@@ -28,6 +30,8 @@ class EvaluationConfig:
     output_dir: Path | None = None  # where report.json and confusion_matrix.png go
     batch_size: int = 64  # inputs per predict call
     ece_bins: int = 15  # confidence bins for the expected calibration error
+    measure_speed: bool = False  # also report latency, throughput, size on disk and peak memory
+    num_threads: int | None = None  # intra-op threads while timing; the library default if empty
 
 
 @dataclass(frozen=True)
@@ -41,12 +45,19 @@ class EvalResult:
 def run(cfg: EvaluationConfig) -> EvalResult:
     """Load the package, predict on the evaluation data, compute metrics, write the report."""
     from kiln.evaluate.metrics import classification_report, plot_confusion_matrix
+    from kiln.evaluate.speed import measure_package
     from kiln.runtime import load
+    from kiln.runtime.package import read_manifest
 
+    manifest = read_manifest(cfg.package)
+    if manifest.get("task") == "recommendation":
+        return _run_ranking(cfg, load(cfg.package))
+    inputs, y_true, source, fingerprint_ok = _evaluation_data(cfg, manifest, list(manifest["labels"]))
+    speed = None
+    if cfg.measure_speed:
+        # Timed before the package is loaded for scoring, so the peak-memory growth is its own.
+        speed = measure_package(cfg.package, list(inputs[:SPEED_SAMPLES]), num_threads=cfg.num_threads)
     predictor = load(cfg.package)
-    if predictor.task == "recommendation":
-        return _run_ranking(cfg, predictor)
-    inputs, y_true, source, fingerprint_ok = _evaluation_data(cfg, predictor.manifest, predictor.labels)
     probs = np.concatenate(
         [predictor.predict_proba(inputs[i : i + cfg.batch_size]) for i in range(0, len(inputs), cfg.batch_size)]
     )
@@ -57,6 +68,7 @@ def run(cfg: EvaluationConfig) -> EvalResult:
         "data": source,
         "data_fingerprint_matches": fingerprint_ok,
         **report,
+        **({"speed": speed} if speed is not None else {}),
     }
     out = cfg.output_dir or cfg.package.parent / f"{cfg.package.name}-eval"
     out.mkdir(parents=True, exist_ok=True)

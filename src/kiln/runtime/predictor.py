@@ -42,6 +42,26 @@ class TorchEngine:
             }
             return logits_of(self.model, tensors).float().cpu().numpy()
 
+    def embed(self, features: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The encoder's pooled representation (mean over real tokens, or CNN features), or None."""
+        import torch
+
+        dtype = next(self.model.parameters()).dtype
+        with torch.inference_mode():
+            tensors = {
+                k: torch.from_numpy(v).to(self.device, dtype if v.dtype.kind == "f" else None)
+                for k, v in features.items()
+            }
+            if "pixel_values" in tensors and hasattr(self.model, "features"):
+                return self.model.features(tensors["pixel_values"]).flatten(1).float().cpu().numpy()
+            base = getattr(self.model, getattr(self.model, "base_model_prefix", ""), None)
+            if base is None or "input_ids" not in tensors:
+                return None
+            hidden = base(**tensors).last_hidden_state
+            mask = tensors["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            return pooled.float().cpu().numpy()
+
 
 class Predictor:
     """A loaded package: raw inputs in, labels and class probabilities out."""
@@ -69,6 +89,16 @@ class Predictor:
                 f"model returned logits of shape {logits.shape} for {len(inputs)} inputs and {len(self.labels)} labels"
             )
         return _softmax(logits)
+
+    def embed(self, inputs: Sequence[Any]) -> np.ndarray | None:
+        """Pooled encoder embeddings, shape (len(inputs), dim); None when the engine has none (ONNX)."""
+        embed = getattr(self.engine, "embed", None)
+        if embed is None:
+            return None
+        try:
+            return embed(self.preprocessor(inputs))
+        except (AttributeError, TypeError):  # a module without an encoder to pool (e.g. int8 wrappers)
+            return None
 
     def predict(self, inputs: Sequence[Any]) -> list[dict[str, Any]]:
         """One ``{"label": str, "scores": {label: probability}}`` per raw input."""

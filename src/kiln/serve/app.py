@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln.serve.config import ServeConfig
@@ -45,9 +46,7 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
         verifier = token_verifier(read_tokens(config.token_file))
     is_public = not is_loopback(config.host)
     if is_public and verifier is None:
-        raise ConfigError(
-            f"binding to {config.host} (not loopback) needs bearer tokens: pass --token-file"
-        )
+        raise ConfigError(f"binding to {config.host} (not loopback) needs bearer tokens: pass --token-file")
     metrics = ServeMetrics()
     repository = ModelRepository(config, metrics)
     service = InferenceService(
@@ -102,10 +101,17 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
     async def on_problem(request: Request, exc: HTTPProblem) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _http_error_response(exc)
+
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _validation_response(exc)
 
+    from kiln.monitor.service import attach_monitoring
+
+    attach_monitoring(app, config.monitor)
     app.add_middleware(BodyLimit, max_body_bytes=config.max_body_bytes)
     return app
 
@@ -131,6 +137,15 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
         else:
             messages.append(f"{field}: {err['msg']}")
     return JSONResponse({"error": "; ".join(messages)}, status_code=status)
+
+
+def _http_error_response(exc: StarletteHTTPException) -> JSONResponse:
+    # FastAPI's own errors (a body it cannot decode, an unknown path or method) get the same
+    # ``{"error": ...}`` body as every other error.
+    message = str(exc.detail)
+    if exc.status_code == 400 and "parsing the body" in message:
+        message = "body: not valid JSON (it could not be decoded)"
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
 class BodyLimit:

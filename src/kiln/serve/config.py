@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kiln.errors import ConfigError
+from kiln.monitor.config import MonitorConfig
 
 
 class _Section(BaseModel):
@@ -97,6 +98,8 @@ class ServeConfig(_Section):
     device: str | None = None
     # Seconds between checks of alias references (name@alias) for a moved alias; 0 is off.
     watch_interval_s: float = Field(default=0.0, ge=0)
+    # Prediction log, drift and alerts (off by default); the dashboard is at /ui either way.
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
 
 def load_serve_config(path: str | Path, **cli: Any) -> ServeConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from kiln.serve.repository import (
 from kiln.serve.security import TokenVerifier, bearer_token
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
+REQUEST_ID_HEADER = "x-request-id"
 
 
 class HTTPProblem(Exception):
@@ -44,6 +46,7 @@ class Prediction:
 
     loaded: LoadedVersion
     outputs: list[dict[str, Any]]
+    request_id: str  # echoed as X-Request-Id; feedback refers to it
 
 
 @dataclass
@@ -135,6 +138,7 @@ class InferenceService:
         start = time.perf_counter()
         status = 500
         self.metrics.in_flight.inc()
+        request_id = (headers.get(REQUEST_ID_HEADER) or "")[:128] or uuid.uuid4().hex
         try:
             deadline = self.deadline(headers)
             inputs = model.check_inputs(decode())
@@ -158,9 +162,10 @@ class InferenceService:
                         outputs=result.outputs,
                         latency_s=latency_s,
                         timestamp=time.time(),
+                        request_id=request_id,
                     )
                 )
-            return Prediction(loaded=loaded, outputs=result.outputs)
+            return Prediction(loaded=loaded, outputs=result.outputs, request_id=request_id)
         except HTTPProblem as exc:
             status = exc.status
             raise

@@ -42,6 +42,7 @@ class PredictionRecord:
     outputs: list[dict[str, Any]]  # one output per input
     latency_s: float  # request latency inside the server
     timestamp: float  # wall-clock time (time.time()) of the answer
+    request_id: str = ""  # the X-Request-Id header, or one the server made up
 
 
 PredictionObserver = Callable[[PredictionRecord], None]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from kiln.serve.handling import HTTPProblem, InferenceService, load_problem
@@ -99,9 +99,9 @@ def service_of(request: Request, *, is_management: bool = False) -> InferenceSer
 @router.post(
     "/v1/models/{name}:predict", response_model=PredictResponse, response_model_exclude_none=True
 )
-async def predict(name: str, body: PredictRequest, request: Request) -> dict[str, Any]:
+async def predict(name: str, body: PredictRequest, request: Request, response: Response) -> dict[str, Any]:
     """Predict with the version the router picks (canary weights, else the newest)."""
-    return await _predict(request, name, None, body)
+    return await _predict(request, response, name, None, body)
 
 
 @router.post(
@@ -110,18 +110,19 @@ async def predict(name: str, body: PredictRequest, request: Request) -> dict[str
     response_model_exclude_none=True,
 )
 async def predict_version(
-    name: str, version: int, body: PredictRequest, request: Request
+    name: str, version: int, body: PredictRequest, request: Request, response: Response
 ) -> dict[str, Any]:
     """Predict with one pinned version."""
-    return await _predict(request, name, version, body)
+    return await _predict(request, response, name, version, body)
 
 
 async def _predict(
-    request: Request, name: str, version: int | None, body: PredictRequest
+    request: Request, response: Response, name: str, version: int | None, body: PredictRequest
 ) -> dict[str, Any]:
     service = service_of(request)
     loaded = service.route(name, version, request.headers)
     result = await service.predict(loaded, lambda: body.inputs, request.headers)
+    response.headers["X-Request-Id"] = result.request_id
     model = result.loaded.model
     return {"model": model.name, "version": model.version, "outputs": result.outputs}
 

@@ -54,6 +54,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
         return _run_recommendation(recipe)
 
     import kiln.data
+    from kiln.monitor.profile import write_reference_profile
     from kiln.runtime.weights import write_torch_package
     from kiln.train.distributed import barrier, init_from_env, shutdown
     from kiln.train.features import ImageFeatures, TextFeatures
@@ -136,6 +137,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
                 },
                 extra_files=built.extra_files,
             )
+            write_reference_profile(package_dir, list(dataset.validation.inputs))
         barrier(info)
     finally:
         shutdown(info)

@@ -20,6 +20,10 @@ class TextFeatures:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def lengths(self) -> np.ndarray:
+        """Token count of every text."""
+        return np.array([len(x) for x in self.ids], dtype=np.int64)
+
     def batch(self, index: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         arrays = self.preprocessor.collate([self.ids[i] for i in index])
         return {k: torch.from_numpy(v) for k, v in arrays.items()}

@@ -70,9 +70,21 @@ class _State:
     samples_seen: int = 0
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The example order of one epoch: a permutation that depends only on seed and epoch."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+def epoch_order(
+    n: int, seed: int, epoch: int, *, lengths: np.ndarray | None = None, batch_size: int = 1
+) -> np.ndarray:
+    """The example order of one epoch: a permutation that depends only on seed and epoch.
+
+    With ``lengths``, examples are grouped by length as HF Trainer's ``group_by_length`` does:
+    the shuffled order is cut into mega-batches of 50 batches, each sorted by length, so a
+    batch holds texts of similar length and padding (wasted compute) shrinks.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    if lengths is None:
+        return order
+    mega = 50 * batch_size
+    chunks = [order[i : i + mega] for i in range(0, n, mega)]
+    return np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in chunks])
 
 
 def fit(
@@ -103,6 +115,7 @@ def fit(
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
 
+    lengths = train.lengths() if cfg.group_by_length and hasattr(train, "lengths") else None
     model.to(info.device)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
@@ -138,7 +151,7 @@ def fit(
     stop = state.step >= total_steps
     with progress_bar(total_steps, "train", enabled=cfg.progress and info.is_main, completed=state.step) as bar:
         while not stop and state.epoch < cfg.epochs:
-            order = epoch_order(n, seed, state.epoch)
+            order = epoch_order(n, seed, state.epoch, lengths=lengths, batch_size=cfg.batch_size)
             while state.batch_in_epoch < batches_per_epoch:
                 b = state.batch_in_epoch
                 global_index = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.helpers import tiny_image_recipe, tiny_text_recipe
 
 import kiln.train
 from kiln.config import parse_recipe
 from kiln.config.schema import TrainConfig
 from kiln.train.loop import epoch_order
 from kiln.train.optim import build_scheduler
+from tests.helpers import tiny_image_recipe, tiny_text_recipe
 
 # Losses of the first steps of tiny_image_recipe (seed 3), recorded from a reference run on CPU.
 # A silent change in the data order, initialisation or the math of the loop moves them.
@@ -33,6 +33,16 @@ def test_epoch_order_depends_only_on_seed_and_epoch() -> None:
     assert np.array_equal(epoch_order(100, 1, 0), epoch_order(100, 1, 0))
     assert not np.array_equal(epoch_order(100, 1, 0), epoch_order(100, 1, 1))
     assert sorted(epoch_order(100, 1, 0)) == list(range(100))
+
+
+def test_epoch_order_group_by_length_batches_similar_lengths() -> None:
+    lengths = np.random.default_rng(0).integers(1, 100, size=1000)
+    order = epoch_order(1000, 1, 0, lengths=lengths, batch_size=10)
+    assert sorted(order) == list(range(1000))
+    assert np.array_equal(order, epoch_order(1000, 1, 0, lengths=lengths, batch_size=10))
+    spread = [np.ptp(lengths[order[i : i + 10]]) for i in range(0, 1000, 10)]
+    random_spread = [np.ptp(lengths[i : i + 10]) for i in range(0, 1000, 10)]
+    assert np.mean(spread) < np.mean(random_spread) / 5
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
@@ -98,6 +108,6 @@ def test_run_writes_package_with_manifest_contract(tmp_path: Path) -> None:
     assert manifest["recipe"]["train"]["max_steps"] == 4
     assert manifest["lineage"]["transformation"] == "train"
     assert set(manifest["metrics"]["validation"]) == {"accuracy", "macro_f1", "loss"}
-    assert set(manifest["files"]) == {"config.json", "model.safetensors", "tokenizer.json"}
+    assert set(manifest["files"]) == {"config.json", "model.safetensors", "tokenizer.json", "reference_profile.json"}
     assert manifest["kiln_version"]
     assert not list((tmp_path / "run").glob(".*partial"))

