@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tests.helpers import ROOT, kiln_cli
-from tests.integration.serve_harness import serving
 
 from kiln.serve.config import ModelConfig, ServeConfig
+from tests.helpers import ROOT, kiln_cli
+from tests.integration.serve_harness import serving
 
 pytestmark = pytest.mark.slow
 

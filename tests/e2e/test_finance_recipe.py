@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tests.helpers import ROOT, SHARED_DATA, kiln_cli
-from tests.integration.serve_harness import serving
 
 from kiln.serve.config import ModelConfig, ServeConfig
+from tests.helpers import ROOT, SHARED_DATA, kiln_cli
+from tests.integration.serve_harness import serving
 
 pytestmark = pytest.mark.slow
 

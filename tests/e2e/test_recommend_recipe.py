@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from tests.helpers import ROOT, kiln_cli
 
 # Test NDCG@10 of the popularity baseline on MovieLens-100k (deterministic: counts only).

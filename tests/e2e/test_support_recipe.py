@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+
+from kiln.serve.config import ModelConfig, ServeConfig
 from tests.conftest import make_text_package
 from tests.helpers import ROOT, kiln_cli
 from tests.integration.serve_harness import serving
-
-from kiln.serve.config import ModelConfig, ServeConfig
 
 FAQ = """question,answer
 How do I reset my PIN?,Open the app and choose Card > Reset PIN.

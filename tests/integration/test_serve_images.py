@@ -11,10 +11,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serve_harness import serving
-from tests.conftest import make_image_package
 
 from kiln.serve.config import ModelConfig, ServeConfig
+from tests.conftest import make_image_package
+from tests.integration.serve_harness import serving
 
 GRID = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from serve_harness import hold_model, serving, wait_until
-from tests.conftest import make_text_package
 
 from kiln.config import parse_recipe
 from kiln.serve.config import BatchingConfig, ModelConfig, ServeConfig
+from tests.conftest import make_text_package
+from tests.integration.serve_harness import hold_model, serving, wait_until
 
 
 @pytest.fixture(scope="module")
