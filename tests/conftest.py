@@ -108,3 +108,10 @@ def trained_text_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = kiln.train.run(parse_recipe(tiny_text_recipe(run_dir, epochs=2)))
     assert result.package_dir is not None
     return result.package_dir
+
+
+@pytest.fixture(autouse=True)
+def _isolated_kiln_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and every process it starts) gets its own KILN_HOME: runs and registries
+    never land in the working tree or leak between tests."""
+    monkeypatch.setenv("KILN_HOME", str(tmp_path_factory.mktemp("kiln-home")))

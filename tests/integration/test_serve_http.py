@@ -169,7 +169,7 @@ def test_serve_v2_infer_takes_numeric_tensors(server: Any, datatype: str) -> Non
         ),
         (
             {"name": "pixels", "shape": [1, 64], "datatype": "BYTES", "data": PIXELS},
-            "numeric datatype",
+            "encoded images",
         ),
         (
             {"name": "pixels", "shape": [1, 64], "datatype": "FP8", "data": PIXELS},

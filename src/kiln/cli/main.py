@@ -20,6 +20,7 @@ from kiln.cli.compress import compress
 from kiln.cli.monitor import monitor, ui
 from kiln.cli.recording import REFERENCE_HELP
 from kiln.cli.registry import app as registry_app
+from kiln.cli.replay import replay
 from kiln.cli.run import run
 from kiln.cli.serve import app as serve_app
 from kiln.errors import KilnError
@@ -36,6 +37,7 @@ app.add_typer(recipe_app, name="recipe")
 app.add_typer(registry_app, name="registry")
 app.command("compress")(compress)
 app.command("compare")(compare)
+app.command("replay")(replay)
 app.add_typer(serve_app, name="serve")
 app.command("monitor")(monitor)
 app.command("ui")(ui)
@@ -204,6 +206,13 @@ def _print_report(report: dict) -> None:
 
     console = Console()
     summary = Table(title=f"{report.get('name')} on {report['data']} (n={report['n']})")
+    if report.get("task") == "recommendation":
+        metrics = ("hr@10", "ndcg@10", "recall@20", "coverage@10")
+        for column in metrics:
+            summary.add_column(column, justify="right")
+        summary.add_row(*(f"{report[m]:.4f}" for m in metrics))
+        console.print(summary)
+        return
     for column in ("accuracy", "macro-F1", "ECE"):
         summary.add_column(column, justify="right")
     summary.add_row(f"{report['accuracy']:.4f}", f"{report['macro_f1']:.4f}", f"{report['ece']:.4f}")

@@ -61,6 +61,8 @@ def summary_json(result: PipelineResult) -> dict[str, Any]:
         "data_fingerprint": result.data_fingerprint,
         "promoted": decision.chosen.candidate.ref if decision and decision.chosen else None,
         "promote_reason": decision.reason if decision else None,
+        "app_dir": str(result.app_dir) if result.app_dir else None,
+        "app_report": result.app_report,
     }
 
 
@@ -71,8 +73,14 @@ def print_summary(result: PipelineResult) -> None:
 
     decision = result.decision
     promoted = decision.chosen.candidate.ref if decision and decision.chosen else None
+    is_ranking = bool(result.packages) and "ndcg@10" in result.packages[0].metrics
+    shown = (
+        [("hr@10", "hr@10"), ("ndcg@10", "ndcg@10"), ("recall@20", "recall@20"), ("coverage@10", "coverage@10")]
+        if is_ranking
+        else [("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("p99_latency_ms", "p99 ms")]
+    )
     table = Table(title="packages")
-    for column in ("step", "version", "accuracy", "macro-F1", "p99 ms", "size MB", "note"):
+    for column in ("step", "version", *(title for _, title in shown), "size MB", "note"):
         table.add_column(column, justify="left" if column in ("step", "version", "note") else "right")
     for p in result.packages:
         notes = ["new" if p.is_new_version else "already registered"]
@@ -81,18 +89,18 @@ def print_summary(result: PipelineResult) -> None:
         if promoted == p.ref:
             notes.append(decision.alias if decision else "")
         m = p.metrics
-        table.add_row(
-            p.step,
-            p.ref,
-            f"{m['accuracy']:.4f}",
-            f"{m['macro_f1']:.4f}",
-            f"{m['p99_latency_ms']:.2f}",
-            f"{m['size_mb']:.2f}",
-            ", ".join(notes),
-        )
+        cells = [f"{m[key]:.2f}" if key == "p99_latency_ms" else f"{m[key]:.4f}" for key, _ in shown]
+        table.add_row(p.step, p.ref, *cells, f"{m['size_mb']:.2f}", ", ".join(notes))
     Console(width=120).print(table)
+    headline = "ndcg@10" if is_ranking else "accuracy"
     for p in result.packages:
-        typer.echo(f"{p.ref}\t{p.step}\ttest accuracy {p.metrics['accuracy']:.4f}\t{p.path}")
+        typer.echo(f"{p.ref}\t{p.step}\ttest {headline} {p.metrics[headline]:.4f}\t{p.path}")
+    if result.app_dir is not None and result.app_report is not None:
+        support = result.app_report
+        typer.echo(
+            f"support app: {result.app_dir} (hand-off threshold {support['threshold']:.3f}, "
+            f"test hand-off rate {support['test']['handoff_rate']:.3f})"
+        )
     typer.echo(f"run: {result.run_id or 'none (every package was already registered)'}")
     if decision is None:
         typer.echo("promote: no promote section in the recipe; no alias moved")

@@ -41,7 +41,7 @@ class AugmentConfig(_Section):
 
 
 class DataConfig(_Section):
-    # Built-in dataset name (rotten_tomatoes, mnist5k, digits); leave empty when train_file is set.
+    # Built-in dataset name (rotten_tomatoes, mnist5k, digits, movielens100k); empty when train_file is set.
     dataset: str | None = None
     # A user file (CSV, TSV, JSONL or Parquet) with all examples, or the train split.
     train_file: str | None = None
@@ -287,6 +287,51 @@ class PromoteConfig(_Section):
     rules: list[Annotated[str, AfterValidator(check_rule)]] = Field(default_factory=list)
 
 
+class RecommendConfig(_Section):
+    # popularity (item counts), bpr-mf (matrix factorisation, BPR loss), two-tower (features, in-batch softmax).
+    model: Literal["popularity", "bpr-mf", "two-tower"] = "two-tower"
+    # Size of the user and item vectors.
+    embedding_dim: int = Field(default=64, ge=2, le=1024)
+    # Width of each tower's hidden layer (two-tower).
+    hidden_size: int = Field(default=128, ge=4)
+    # Size of each feature embedding inside the towers (two-tower).
+    field_dim: int = Field(default=16, ge=2)
+    # Chance that a training user is shown as unknown, so the towers learn cold-start users.
+    id_dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    # Subtract log item frequency from in-batch logits (Yi et al. 2019 sampling-bias correction).
+    logq_correction: bool = True
+    # After choosing the epoch count on validation, retrain on train + validation (test stays held out).
+    refit_on_validation: bool = True
+    # Drop users with fewer interactions than this (leave-last-out needs three).
+    min_interactions: int = Field(default=3, ge=3)
+
+
+class SupportConfig(_Section):
+    # CSV of question,answer pairs to answer from; empty uses the chatterbot-corpus English pairs.
+    faq_file: str | None = None
+    # Pretrained sentence encoder (mean pooling) that embeds FAQ questions and user messages.
+    encoder: str = "minilm-l6"
+    # The hand-off threshold is the lowest confidence at which answered validation examples reach this accuracy.
+    target_accuracy: float = Field(default=0.9, gt=0.0, le=1.0)
+    # Cosine similarity below which the nearest FAQ question does not answer the message.
+    min_answer_score: float = Field(default=0.5, ge=-1.0, le=1.0)
+
+
+class SentimentMonitorConfig(_Section):
+    # The label whose share is watched.
+    negative_label: str = "negative"
+    # Headlines per window; the share is computed over each full window, overall and per entity.
+    window_size: int = Field(default=50, ge=5)
+    # Alert when a window's negative share exceeds the reference by more than this.
+    margin: float = Field(default=0.15, gt=0.0, lt=1.0)
+    # Reference negative share; empty means the share of the label in the training split.
+    reference_share: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Fewest headlines about an entity in a window before its share can alert.
+    min_entity_count: int = Field(default=5, ge=1)
+    # Entity name -> keywords; a headline mentioning a keyword (case-insensitive word match) is about it.
+    entities: dict[str, list[str]] = Field(default_factory=dict)
+
+
 class Recipe(_Section):
     # Name of the model this recipe makes; used for folder and registry names.
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -302,6 +347,12 @@ class Recipe(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     # Compression steps applied to the trained package.
     compress: CompressConfig = Field(default_factory=CompressConfig)
+    # Recommendation models (used when data.dataset is an interactions dataset such as movielens100k).
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
+    # Customer-service assistant built on the trained intent classifier (off when empty).
+    support: SupportConfig | None = None
+    # Negative-share monitoring of a sentiment model's predictions over a stream (kiln replay).
+    monitor: SentimentMonitorConfig = Field(default_factory=SentimentMonitorConfig)
     # Promotion gate of `kiln run`; empty means register every package and move no alias.
     promote: PromoteConfig | None = None
 

@@ -50,6 +50,8 @@ def run(cfg: EvaluationConfig) -> EvalResult:
     from kiln.runtime.package import read_manifest
 
     manifest = read_manifest(cfg.package)
+    if manifest.get("task") == "recommendation":
+        return _run_ranking(cfg, load(cfg.package))
     inputs, y_true, source, fingerprint_ok = _evaluation_data(cfg, manifest, list(manifest["labels"]))
     speed = None
     if cfg.measure_speed:
@@ -71,6 +73,22 @@ def run(cfg: EvaluationConfig) -> EvalResult:
     out = cfg.output_dir or cfg.package.parent / f"{cfg.package.name}-eval"
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion_matrix(report["confusion_matrix"], predictor.labels, str(out / "confusion_matrix.png"))
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return EvalResult(report=report, output_dir=out)
+
+
+def _run_ranking(cfg: EvaluationConfig, predictor: Any) -> EvalResult:
+    from kiln.evaluate.ranking import evaluate_recommender
+
+    if cfg.data_file is not None:
+        raise DataError("--data is not supported for recommendation packages; they use their recipe's test split")
+    report = {
+        "package": str(cfg.package),
+        "name": predictor.manifest.get("name"),
+        **evaluate_recommender(predictor, batch_size=max(cfg.batch_size, 256)),
+    }
+    out = cfg.output_dir or cfg.package.parent / f"{cfg.package.name}-eval"
+    out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return EvalResult(report=report, output_dir=out)
 

@@ -28,6 +28,8 @@ Report = Callable[[str], None]
 # Settings that change how a stage runs, never what it makes: left out of the stage keys.
 _TRAIN_KEY_EXCLUDED = {"progress", "output_dir", "num_threads"}
 _COMPRESS_KEY_EXCLUDED = {"steps", "num_threads"}
+# Test metrics recorded for recommendation packages.
+RANKING_METRICS = ("hr@10", "ndcg@10", "recall@20", "coverage@10")
 # Test inputs cycled through for the batch-1 latency percentiles.
 LATENCY_SAMPLE_SIZE = 64
 
@@ -54,6 +56,8 @@ class PipelineResult:
     run_id: str | None  # the registry run that registered new versions (None: nothing new)
     decision: Decision | None  # None when the recipe has no promote section
     data_fingerprint: str  # fingerprint of the data every stage used
+    app_dir: Path | None = None  # the application package (support), when the recipe makes one
+    app_report: dict[str, Any] | None = None  # what building the application measured
 
 
 def run_pipeline(
@@ -71,30 +75,59 @@ def run_pipeline(
         is_forced: redo every stage even when its output exists for the same inputs.
         report: receives one line per stage (done or skipped).
     """
-    import kiln.data
     from kiln.registry import Registry
     from kiln.train import run_dir_for
 
     work_dir = run_dir_for(recipe)
-    dataset = kiln.data.run(recipe)
-    report(f"data: {dataset.origin}, {dataset.fingerprint}")
+    origin, fingerprint, sample_inputs = _prepare_data(recipe)
+    report(f"data: {origin}, {fingerprint}")
     if is_forced and work_dir.is_dir():
         report(f"forced: removing earlier stage outputs in {work_dir}")
         _clear_stage_outputs(work_dir)
-    packages = [_train(recipe, dataset.fingerprint, work_dir, report)]
+    packages = [_train(recipe, fingerprint, work_dir, report)]
     for step in recipe.compress.steps:
         packages.append(_compress_step(recipe, step, packages[-1], work_dir, report))
-    sample_inputs = list(dataset.test.inputs[:LATENCY_SAMPLE_SIZE])
     packages = [_evaluate(recipe, p, sample_inputs, work_dir, report) for p in packages]
 
     opened = registry if registry is not None else Registry()
     try:
-        packages, run_id = _register(opened, recipe, dataset.fingerprint, packages, report)
+        packages, run_id = _register(opened, recipe, fingerprint, packages, report)
         decision = _promote(opened, recipe, packages, report)
     finally:
         if registry is None:
             opened.close()
-    return PipelineResult(packages, run_id, decision, dataset.fingerprint)
+    app_dir, app_report = _build_app(recipe, packages[0], work_dir, report)
+    return PipelineResult(packages, run_id, decision, fingerprint, app_dir, app_report)
+
+
+def _prepare_data(recipe: Recipe) -> tuple[str, str, list[Any]]:
+    """Where the data comes from, its fingerprint, and test inputs for timing latency."""
+    from kiln.data.interactions import is_recommendation_dataset, load_interactions, split_leave_last_out
+
+    if is_recommendation_dataset(recipe.data.dataset):
+        assert recipe.data.dataset is not None
+        splits = split_leave_last_out(
+            load_interactions(recipe.data.dataset), min_interactions=recipe.recommend.min_interactions
+        )
+        return recipe.data.dataset, splits.fingerprint, []
+    import kiln.data
+
+    dataset = kiln.data.run(recipe)
+    return dataset.origin, dataset.fingerprint, list(dataset.test.inputs[:LATENCY_SAMPLE_SIZE])
+
+
+def _build_app(
+    recipe: Recipe, classifier: PackageOutcome, work_dir: Path, report: Report
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """The customer-service app package built on the trained classifier, for a ``support`` recipe."""
+    if recipe.support is None:
+        return None, None
+    from kiln.apps.support import build_support_package
+
+    app_dir = work_dir / "support"
+    _, app_report = build_support_package(recipe, classifier.path, app_dir)
+    report(f"support app: {app_dir}")
+    return app_dir, app_report
 
 
 def _train(recipe: Recipe, fingerprint: str, work_dir: Path, report: Report) -> PackageOutcome:
@@ -177,6 +210,12 @@ def _evaluate(
             ece_bins=recipe.eval.ece_bins,
         )
     )
+    if result.report.get("task") == "recommendation":
+        metrics = {k: result.report[k] for k in RANKING_METRICS}
+        metrics["size_mb"] = sum(f.stat().st_size for f in package.path.rglob("*") if f.is_file()) / 1e6
+        cache.mark_completed(folder, key, {"package": str(package.path), "metrics": metrics})
+        report(f"evaluate {package.step}: ndcg@10 {metrics['ndcg@10']:.4f}")
+        return replace(package, metrics=metrics, eval_dir=folder)
     threads = torch.get_num_threads()
     try:
         speed = measure_package(

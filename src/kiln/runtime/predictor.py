@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from kiln.runtime.package import read_manifest
 from kiln.runtime.preprocessing import ImagePreprocessor, TextPreprocessor, make_preprocessor
+
+if TYPE_CHECKING:
+    from kiln.runtime.recommender import Recommender
 
 
 class Engine(Protocol):
@@ -118,8 +121,8 @@ def load(
     num_threads: int | None = None,
     inter_op_threads: int | None = None,
     verify: bool = True,
-) -> Predictor:
-    """Load a model package folder into a ``Predictor``.
+) -> Predictor | Recommender:
+    """Load a model package folder into a ``Predictor`` (a ``Recommender`` for recommendation).
 
     Args:
         path: the package folder (holding ``kiln.json``).
@@ -133,6 +136,10 @@ def load(
     """
     folder = Path(path)
     manifest = read_manifest(folder, verify=verify)
+    if manifest.get("task") == "recommendation":
+        from kiln.runtime.recommender import load_recommender
+
+        return load_recommender(folder, manifest, num_threads=num_threads)
     preprocessor = make_preprocessor(folder, manifest)
     fmt = manifest.get("format")
     if fmt == "torch":

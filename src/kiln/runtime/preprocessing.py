@@ -50,8 +50,20 @@ class TextPreprocessor:
         return self.collate(self.encode(texts))
 
 
+# Largest encoded image accepted, in pixels (guards against decompression bombs).
+MAX_IMAGE_PIXELS = 4096 * 4096
+# How far an encoded image's width/height ratio may be from the model's before it is refused
+# rather than stretched.
+ASPECT_TOLERANCE = 0.1
+
+
 class ImagePreprocessor:
-    """Scale raw pixel arrays to 0..1 and normalise them into ``pixel_values`` (N, C, H, W)."""
+    """Scale raw pixel arrays to 0..1 and normalise them into ``pixel_values`` (N, C, H, W).
+
+    An image may also be an encoded file (PNG, JPEG...) as bytes or base64 text (a ``data:``
+    URL prefix is allowed): it is converted to the model's channels (grayscale or RGB), resized
+    to its height and width, and put on the same raw scale (0..``max_value``) as arrays.
+    """
 
     def __init__(self, *, shape: Sequence[int], max_value: float, mean: float, std: float) -> None:
         self.shape = tuple(int(s) for s in shape)
@@ -66,6 +78,9 @@ class ImagePreprocessor:
         size = int(np.prod(self.shape))
         out = np.empty((len(images), *self.shape), dtype=np.float32)
         for i, image in enumerate(images):
+            if isinstance(image, (str, bytes)):
+                out[i] = self.decode(image, where=f"image {i}") / self.max_value
+                continue
             try:
                 arr = np.asarray(image, dtype=np.float32)
             except (TypeError, ValueError) as exc:
@@ -74,6 +89,44 @@ class ImagePreprocessor:
                 raise InputError(f"image {i}: expected {size} pixels (shape {list(self.shape)}), got {arr.size}")
             out[i] = arr.reshape(self.shape) / self.max_value
         return out
+
+    def decode(self, data: str | bytes, *, where: str = "image") -> np.ndarray:
+        """An encoded image (bytes, or base64 text) as a raw float32 array of the model's shape.
+
+        Raises:
+            InputError: not an image, too many pixels, or an aspect ratio unlike the model's.
+        """
+        import base64
+        import binascii
+        import io
+
+        from PIL import Image, UnidentifiedImageError
+
+        if isinstance(data, str):
+            text = data.split(",", 1)[1] if data.startswith("data:") else data
+            try:
+                data = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise InputError(f"{where}: a string image must be base64-encoded PNG or JPEG bytes") from None
+        channels, height, width = self.shape if len(self.shape) == 3 else (1, *self.shape[-2:])
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise InputError(f"{where}: {img.width}x{img.height} pixels is more than {MAX_IMAGE_PIXELS}")
+                ratio, expected = img.width / img.height, width / height
+                if abs(ratio - expected) > ASPECT_TOLERANCE * expected:
+                    raise InputError(
+                        f"{where}: image is {img.width}x{img.height} pixels (width x height); the model takes "
+                        f"{width}x{height}, so the aspect ratio must be within {ASPECT_TOLERANCE:.0%} of "
+                        f"{expected:.2f}; crop or pad it first"
+                    )
+                img = img.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
+                pixels = np.asarray(img, dtype=np.float32)
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+            raise InputError(f"{where}: bytes are not an image file Pillow can read (PNG, JPEG...)") from None
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        # 8-bit pixels (0..255) onto the package's raw scale (e.g. 0..16 for scikit-learn digits).
+        return (pixels * (self.max_value / 255.0)).reshape(self.shape)
 
     def normalize(self, unit: np.ndarray) -> dict[str, np.ndarray]:
         """Features from images already on the 0..1 scale."""

@@ -40,7 +40,7 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
     """
     from kiln import __version__
     from kiln.errors import ConfigError
-    from kiln.serve import rest, v2
+    from kiln.serve import apps, recommend, rest, v2
 
     if verifier is None and config.token_file is not None:
         verifier = token_verifier(read_tokens(config.token_file))
@@ -80,6 +80,8 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
     )
     app.state.service = service
     app.include_router(rest.router)
+    app.include_router(recommend.router)
+    app.include_router(apps.router)
     app.include_router(v2.router)
     default_openapi = app.openapi
 

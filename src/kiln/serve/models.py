@@ -18,6 +18,7 @@ import numpy as np
 from kiln.errors import KilnError
 from kiln.runtime import Predictor
 from kiln.runtime.preprocessing import InputError
+from kiln.runtime.recommender import Recommender, RecommendQuery
 
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)@(?P<tag>[A-Za-z0-9_.-]+)$")
 
@@ -95,7 +96,7 @@ class ServedModel:
         *,
         name: str,
         version: int,
-        predictor: Predictor,
+        predictor: Predictor | Recommender,
         source: str,
         chunk_size: int = 16,
     ) -> None:
@@ -120,6 +121,12 @@ class ServedModel:
         """
         if not inputs:
             raise InputError("inputs: expected a non-empty list")
+        if self.kind == "recommendation":
+            if not all(isinstance(q, RecommendQuery) for q in inputs):
+                raise InputError(
+                    f"model {self.name!r} is a recommendation model; use POST /v1/models/{self.name}:recommend"
+                )
+            return self.predictor.check(inputs)  # type: ignore[union-attr]
         if self.kind == "text":
             for i, text in enumerate(inputs):
                 if not isinstance(text, str):
@@ -127,9 +134,11 @@ class ServedModel:
             return inputs
         size = int(np.prod(self.image_shape))
         checked = []
+        prep = self.predictor.preprocessor  # type: ignore[union-attr]
         for i, image in enumerate(inputs):
             if isinstance(image, (str, bytes)):
-                raise InputError(f"inputs[{i}]: expected a numeric array, got a string")
+                checked.append(prep.decode(image, where=f"inputs[{i}]"))
+                continue
             try:
                 arr = np.asarray(image, dtype=np.float32)
             except (TypeError, ValueError):
@@ -150,6 +159,8 @@ class ServedModel:
         """Predict checked inputs; texts are grouped by token length so padding stays short."""
         if self.kind == "text":
             return self._predict_texts(inputs)
+        if self.kind == "recommendation":
+            return self.predictor.recommend(inputs)  # type: ignore[union-attr]
         prep = self.predictor.preprocessor
         probs = _softmax(self.predictor.engine(prep.normalize(prep.to_unit(inputs))))  # type: ignore[union-attr]
         return [self._output(row) for row in probs]
@@ -157,7 +168,10 @@ class ServedModel:
     def warm_up(self) -> None:
         """Run a few batches so the first real request does not pay one-off costs."""
         for n in (1, min(4, self.chunk_size)):
-            if self.kind == "text":
+            if self.kind == "recommendation":
+                users = self.predictor.user_ids[:n]  # type: ignore[union-attr]
+                self.predict_batch([RecommendQuery(user_id=u) for u in users])
+            elif self.kind == "text":
                 self.predict_batch(["warm up the model"] * n)
             else:
                 self.predict_batch([np.zeros(self.image_shape, dtype=np.float32)] * n)
@@ -195,7 +209,7 @@ def load_served_model(
     device: str | None,
     num_threads: int,
     chunk_size: int,
-    loader: Callable[..., Predictor] | None = None,
+    loader: Callable[..., Predictor | Recommender] | None = None,
 ) -> ServedModel:
     """Resolve, load and warm up one version (blocking; run it off the event loop).
 

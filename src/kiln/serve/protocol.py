@@ -1,7 +1,8 @@
 """The Open Inference Protocol (KServe v2) over HTTP/JSON: tensors in, tensors out.
 
 A text model takes one ``BYTES`` input named ``text`` of shape ``[N]`` (or ``[N, 1]``); an image
-model takes one numeric input named ``pixels`` of shape ``[N, *image_shape]`` (or ``[N, C*H*W]``).
+model takes one input named ``pixels``: numeric of shape ``[N, *image_shape]`` (or ``[N, C*H*W]``),
+or ``BYTES`` of shape ``[N]`` holding encoded images (PNG, JPEG; base64 in JSON).
 Both answer ``label`` (``BYTES``, ``[N]``) and ``scores`` (``FP32``, ``[N, labels]``). Tensor
 data may be flat in row-major order or nested; its element count must match the shape.
 
@@ -161,7 +162,13 @@ def decode_inputs(
         texts = [_text(x, f"{where}.data[{i}]") for i, x in enumerate(flat)]
         return texts
     if tensor.datatype == "BYTES":
-        raise InputError(f"{where}.datatype: an image model takes a numeric datatype, got BYTES")
+        # Encoded images (PNG, JPEG), one per element: raw bytes in binary data, base64 in JSON.
+        if count != n:
+            raise InputError(f"{where}.shape: expected [N] or [N, 1] for encoded images, got {tensor.shape}")
+        for i, x in enumerate(flat):
+            if not isinstance(x, (str, bytes)):
+                raise InputError(f"{where}.data[{i}]: expected base64 image bytes, got {type(x).__name__}")
+        return list(flat)
     per_image = math.prod(model.image_shape)
     if count != n * per_image:
         raise InputError(

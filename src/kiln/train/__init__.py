@@ -48,6 +48,11 @@ def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
     """Train the recipe's model and write its package to ``<run_dir>/package``."""
     import torch
 
+    from kiln.data.interactions import is_recommendation_dataset
+
+    if is_recommendation_dataset(recipe.data.dataset):
+        return _run_recommendation(recipe)
+
     import kiln.data
     from kiln.monitor.profile import write_reference_profile
     from kiln.runtime.weights import write_torch_package
@@ -142,6 +147,25 @@ def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
         metrics=result.best_metrics,
         steps=result.steps,
         samples_per_s=result.samples_per_s,
+    )
+
+
+def _run_recommendation(recipe: Recipe) -> TrainResult:
+    import torch
+
+    from kiln.train import recommend
+
+    torch.set_num_threads(recipe.train.num_threads or max(1, os.cpu_count() or 1))
+    _seed_everything(recipe.seed)
+    run_dir = run_dir_for(recipe)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fit = recommend.run(recipe, run_dir)
+    return TrainResult(
+        run_dir=run_dir,
+        package_dir=fit.package_dir,
+        metrics=fit.metrics,
+        steps=fit.steps,
+        samples_per_s=fit.samples_per_s,
     )
 
 

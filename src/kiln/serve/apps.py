@@ -1,0 +1,93 @@
+"""``POST /v1/apps/{name}:answer``: the customer-service assistant served from a support package.
+
+The intent classifier runs through the model's batcher like any prediction (routing, deadline,
+metrics, observers); a confident intent is then answered from the package's FAQ index by nearest
+neighbour, and a message below the calibrated threshold, or with no close FAQ question, is handed
+off to a human.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from kiln.errors import KilnError
+from kiln.serve.handling import HTTPProblem
+from kiln.serve.rest import ERRORS, service_of
+
+router = APIRouter(tags=["Applications"], responses=ERRORS)
+
+
+class AnswerRequest(BaseModel):
+    """A customer's message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=2000, examples=["I still have not received my new card"])
+
+
+class AnswerResponse(BaseModel):
+    """The intent, its confidence, and an answer or a hand-off."""
+
+    model: str
+    version: int
+    intent: str
+    confidence: float
+    handoff: bool = Field(description="true: route the message to a human")
+    reason: str | None = Field(default=None, description="why the message is handed off")
+    answer: str | None = None
+    faq_question: str | None = None
+    answer_score: float | None = None
+
+
+@router.post("/v1/apps/{name}:answer", response_model=AnswerResponse, response_model_exclude_none=True)
+async def answer(name: str, body: AnswerRequest, request: Request) -> dict[str, Any]:
+    """Classify the message's intent, then answer it from the FAQ or hand it off."""
+    service = service_of(request)
+    text = body.text.strip()
+    if not text:
+        raise HTTPProblem(400, "text: the message is empty")
+    loaded = service.route(name, None, request.headers)
+    app = loaded.model.predictor.manifest.get("app") or {}
+    if app.get("kind") != "support":
+        raise HTTPProblem(400, f"model {name!r} is not a support app package (a recipe's support section makes one)")
+    result = await service.predict(loaded, lambda: [text], request.headers)
+    model = result.loaded.model
+    scores = result.outputs[0]["scores"]
+    intent = max(scores, key=scores.get)
+    out: dict[str, Any] = {
+        "model": model.name,
+        "version": model.version,
+        "intent": intent,
+        "confidence": scores[intent],
+        "handoff": False,
+    }
+    if scores[intent] < app["handoff_threshold"]:
+        return dict(out, handoff=True, reason=f"confidence below the calibrated {app['handoff_threshold']:.3f}")
+    index = await _faq_index(request, model)
+    (match,) = await asyncio.to_thread(index.search, [text])
+    out.update(faq_question=match.question, answer_score=match.score)
+    if match.score < app["min_answer_score"]:
+        return dict(out, handoff=True, reason=f"no FAQ question closer than {app['min_answer_score']}")
+    return dict(out, answer=match.answer)
+
+
+async def _faq_index(request: Request, model: Any) -> Any:
+    """The FAQ index of a served version, loaded once (off the event loop) and kept."""
+    from kiln.runtime.retrieval import load_faq_index
+
+    state = request.app.state
+    if not hasattr(state, "faq_indexes"):
+        state.faq_indexes, state.faq_lock = {}, asyncio.Lock()
+    key = str(model.predictor.path)
+    async with state.faq_lock:
+        if key not in state.faq_indexes:
+            encoder = model.predictor.manifest["app"]["encoder"]
+            try:
+                state.faq_indexes[key] = await asyncio.to_thread(load_faq_index, model.predictor.path, encoder)
+            except KilnError as exc:
+                raise HTTPProblem(500, f"model {model.name}: {exc}") from None
+    return state.faq_indexes[key]
