@@ -11,12 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from kiln.config import parse_recipe
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow
 
-BLOCK = re.compile(r"```(sh|python)\n(.*?)```", re.S)
+BLOCK = re.compile(r"```(sh|python|yaml)\n(.*?)```", re.S)
 
 
 def readme_blocks() -> list[tuple[str, str]]:
@@ -31,6 +33,12 @@ def test_readme_commands_and_snippets_run(tmp_path: Path) -> None:
     blocks = readme_blocks()
     assert len(blocks) >= 5
     for kind, body in blocks:
+        if kind == "yaml":
+            # Recipe fragments: they must validate when merged into a shipped recipe.
+            fragment = yaml.safe_load(body)
+            recipe = yaml.safe_load((ROOT / "recipes" / "sentiment.yaml").read_text()) | fragment
+            parse_recipe(recipe, source="README.md")
+            continue
         if kind == "python":
             result = subprocess.run([sys.executable, "-c", body], cwd=tmp_path, env=env, capture_output=True, text=True)
             assert result.returncode == 0, f"snippet failed:\n{body}\n{result.stderr}"
@@ -48,3 +56,4 @@ def test_readme_commands_and_snippets_run(tmp_path: Path) -> None:
     assert (tmp_path / ".kiln" / "runs" / "digits" / "package" / "kiln.json").is_file()
     assert (tmp_path / ".kiln" / "runs" / "ddp" / "package" / "kiln.json").is_file()
     assert (tmp_path / ".kiln" / "evals" / "digits" / "confusion_matrix.png").is_file()
+    assert (tmp_path / ".kiln" / "evals" / "production" / "report.json").is_file()
