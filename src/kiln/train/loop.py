@@ -148,6 +148,7 @@ def fit(
     barrier(info)
 
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    loop_started = time.perf_counter()
     stop = state.step >= total_steps
     with progress_bar(total_steps, "train", enabled=cfg.progress and info.is_main, completed=state.step) as bar:
         while not stop and state.epoch < cfg.epochs:
@@ -194,6 +195,9 @@ def fit(
                             "loss": mean_loss,
                             "lr": scheduler.get_last_lr()[0],
                             "samples_per_s": speed,
+                            # Wall time since this process entered the loop: steps, logging,
+                            # progress, evaluations and checkpoints all included.
+                            "elapsed_s": time.perf_counter() - loop_started,
                         },
                     )
                     bar.update(0, loss=f"{mean_loss:.4f}", speed=f"{speed:.0f}")
