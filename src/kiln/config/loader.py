@@ -22,17 +22,28 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     Raises:
         ConfigError: the file is missing, is not YAML, or does not validate.
     """
+    raw = apply_overrides(read_yaml_mapping(path, "recipe file"), overrides or [])
+    return parse_recipe(raw, source=str(path))
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping (an empty file is an empty mapping).
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or does not hold a mapping.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"recipe file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if raw is None:
+        return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [])
-    return parse_recipe(raw, source=str(path))
+        raise ConfigError(f"{path}: a {what} must be a mapping of sections, got {type(raw).__name__}")
+    return raw
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

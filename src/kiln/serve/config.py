@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kiln.errors import ConfigError
@@ -108,16 +107,9 @@ def load_serve_config(path: str | Path, **cli: Any) -> ServeConfig:
     Raises:
         ConfigError: the file is missing, is not YAML, or does not validate.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"serve config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping, got {type(raw).__name__}")
-    return parse_serve_config(raw, source=str(path), **cli)
+    from kiln.config.loader import read_yaml_mapping
+
+    return parse_serve_config(read_yaml_mapping(path, "serve config"), source=str(path), **cli)
 
 
 def parse_serve_config(
