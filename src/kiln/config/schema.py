@@ -99,6 +99,9 @@ class ModelConfig(_Section):
     vocab_size: int = Field(default=8000, ge=100, le=100_000)
     # Longest token sequence; longer texts are truncated.
     max_length: int = Field(default=128, ge=8, le=512)
+    # How a text model turns token states into one vector: cls (BERT's pooler) or mean (the mean
+    # over tokens, what sentence encoders such as MiniLM-L6 were trained for).
+    pooling: Literal["cls", "mean"] = "cls"
     # Dropout inside the transformer and before the classifier (None keeps the model's own).
     dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
     # CNN settings (kind=cnn).

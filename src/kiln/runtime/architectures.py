@@ -6,6 +6,7 @@ so a package loads without the training code.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -90,10 +91,58 @@ def bert_config(*, size: str, vocab_size: int, num_labels: int, max_length: int,
 
 
 def build_text_classifier(config: Any) -> nn.Module:
-    """A sequence classifier (randomly initialised) from a transformers config."""
+    """A sequence classifier (randomly initialised) from a transformers config.
+
+    ``config.kiln_pooling == "mean"`` selects mean pooling over the tokens instead of the [CLS]
+    pooler; the setting travels in the package's config.json.
+    """
     from transformers import AutoModelForSequenceClassification
 
+    if getattr(config, "kiln_pooling", "cls") == "mean":
+        return mean_pooling_classifier_class()(config)
     return AutoModelForSequenceClassification.from_config(config)
+
+
+@functools.cache
+def mean_pooling_classifier_class() -> type:
+    """``BertForSequenceClassification`` with a mean-pooling head.
+
+    Sentence encoders such as all-MiniLM-L6-v2 were trained with mean pooling (Reimers &
+    Gurevych 2019, "Sentence-BERT"); classifying from their [CLS] pooler discards that training.
+    Same attribute names as HF's class (``bert``, ``dropout``, ``classifier``), so compression
+    (export, pruning, distillation) treats both alike.
+    """
+    from transformers import BertModel, BertPreTrainedModel
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class MeanPoolingBertForSequenceClassification(BertPreTrainedModel):
+        def __init__(self, config: Any) -> None:
+            super().__init__(config)
+            self.num_labels = config.num_labels
+            self.bert = BertModel(config, add_pooling_layer=False)
+            drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+            self.dropout = nn.Dropout(drop)
+            self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+            self.post_init()
+
+        def forward(
+            self,
+            input_ids: torch.Tensor | None = None,
+            attention_mask: torch.Tensor | None = None,
+            token_type_ids: torch.Tensor | None = None,
+            **kwargs: Any,
+        ) -> SequenceClassifierOutput:
+            if attention_mask is None:
+                assert input_ids is not None
+                attention_mask = torch.ones_like(input_ids)
+            hidden = self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs
+            ).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
+
+    return MeanPoolingBertForSequenceClassification
 
 
 def logits_of(model: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:

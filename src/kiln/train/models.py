@@ -15,7 +15,12 @@ from kiln.config.schema import Recipe
 from kiln.data import Dataset
 from kiln.data.tokenizer import copy_pretrained_tokenizer, resolve_pretrained, train_wordpiece
 from kiln.errors import ConfigError
-from kiln.runtime.architectures import bert_config, build_cnn, build_text_classifier
+from kiln.runtime.architectures import (
+    bert_config,
+    build_cnn,
+    build_text_classifier,
+    mean_pooling_classifier_class,
+)
 from kiln.runtime.preprocessing import ImagePreprocessor, TextPreprocessor
 
 
@@ -86,7 +91,11 @@ def _build_text(recipe: Recipe, dataset: Dataset, tokenizer_file: Path) -> Built
         if cfg.dropout is not None:
             config.hidden_dropout_prob = cfg.dropout
             config.attention_probs_dropout_prob = cfg.dropout
-        model = AutoModelForSequenceClassification.from_pretrained(str(source), config=config)
+        if cfg.pooling == "mean":
+            config.kiln_pooling = "mean"
+            model = mean_pooling_classifier_class().from_pretrained(str(source), config=config)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(str(source), config=config)
         parent: str | None = cfg.pretrained
     else:
         from tokenizers import Tokenizer
@@ -100,6 +109,8 @@ def _build_text(recipe: Recipe, dataset: Dataset, tokenizer_file: Path) -> Built
             dropout=cfg.dropout,
         )
         config.id2label, config.label2id = id2label, label2id
+        if cfg.pooling == "mean":
+            config.kiln_pooling = "mean"
         model = build_text_classifier(config)
         parent = None
     return BuiltModel(
