@@ -175,8 +175,8 @@ def print_table(results: dict[str, dict[str, Any]], notes: dict[str, str]) -> No
             row = ops[op]
             line = f"{op:<14} {backend:<16} {row['n']:>5} {row['p50_ms']:>9.2f} {row['p99_ms']:>9.2f}"
             if mlflow and not backend.startswith("MLflow"):
-                line += (f" {row['p50_ms'] / mlflow[op]['p50_ms']:>13.2f}x"
-                         f" {row['p99_ms'] / mlflow[op]['p99_ms']:>13.2f}x")
+                line += (f" {row['p50_ms'] / mlflow[op]['p50_ms']:>13.2g}x"
+                         f" {row['p99_ms'] / mlflow[op]['p99_ms']:>13.2g}x")
             print(line)
     for backend, note in notes.items():
         print(f"{backend}: {note}")
