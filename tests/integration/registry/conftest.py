@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,43 +16,9 @@ from typing import Any
 
 import pytest
 
-PG_SEARCH_DIRS = ["/usr/local/bin", *sorted(map(str, Path("/usr/lib/postgresql").glob("*/bin")))]
-PG_INSTALL_HELP = (
-    "PostgreSQL server binaries (initdb, pg_ctl, postgres) were not found in {dirs} or on PATH. "
-    "Install them (Debian/Ubuntu: `apt-get install -y postgresql-15` or `postgresql`, which puts "
-    "them in /usr/lib/postgresql/<version>/bin), or set KILN_TEST_DATABASE_URL to a PostgreSQL "
-    "server URL whose user may create databases."
-)
+from tests.postgres import PostgresCluster, PostgresError, create_database, drop_database
+
 BACKENDS = ["sqlite", "postgresql"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _pg_bin_dir() -> Path:
-    for folder in PG_SEARCH_DIRS:
-        if all((Path(folder) / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
-            return Path(folder)
-    on_path = shutil.which("initdb")
-    if on_path and shutil.which("pg_ctl"):
-        return Path(on_path).parent
-    pytest.fail(PG_INSTALL_HELP.format(dirs=PG_SEARCH_DIRS), pytrace=False)
-
-
-def _as_user() -> tuple[list[str], str | None]:
-    """initdb refuses to run as root: run the server as an unprivileged user then."""
-    if os.geteuid() != 0:
-        return [], None
-    for name in ("postgres", "nobody"):
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            continue
-        return ["runuser", "-u", name, "--"], name
-    pytest.fail("running as root and no 'postgres' or 'nobody' user to run PostgreSQL as")
 
 
 @pytest.fixture(scope="session")
@@ -67,36 +28,14 @@ def postgres_server() -> Iterator[str]:
     if external:
         yield external.rsplit("/", 1)[0] if external.count("/") > 2 else external
         return
-    bin_dir = _pg_bin_dir()
-    prefix, user = _as_user()
-    base = Path(tempfile.mkdtemp(prefix="kiln-pg-"))
-    if user:
-        shutil.chown(base, user=user)
-    data, port = base / "data", free_port()
-
-    def run(*args: str) -> None:
-        done = subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            pytest.fail(f"{args[0]} failed:\n{done.stdout}\n{done.stderr}", pytrace=False)
-
-    run(str(bin_dir / "initdb"), "-D", str(data), "-U", "kiln", "--auth=trust", "-E", "UTF8",
-        "--no-sync")
-    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(base / "log"),
-        "-w", "-t", "60", "start")
     try:
-        yield f"postgresql://kiln@127.0.0.1:{port}"
+        cluster = PostgresCluster.start()
+    except PostgresError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield cluster.url
     finally:
-        subprocess.run([*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "-w", "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _admin(server: str, sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(sql)
+        cluster.stop()
 
 
 @pytest.fixture
@@ -108,11 +47,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     server = request.getfixturevalue("postgres_server")
     name = f"kiln_test_{uuid.uuid4().hex[:12]}"
-    _admin(server, f"CREATE DATABASE {name}")
+    url = create_database(server, name)
     try:
-        yield f"{server}/{name}"
+        yield url
     finally:
-        _admin(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        drop_database(server, name)
 
 
 @pytest.fixture
