@@ -57,6 +57,12 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
         is_auth_required=is_public,
     )
 
+    registry = None
+    if config.registry_api:
+        from kiln.registry import Registry
+
+        registry = Registry()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.get_running_loop().create_task(_load(repository))
@@ -69,6 +75,8 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loading
             await repository.stop()
+            if registry is not None:
+                registry.close()
 
     app = FastAPI(
         title="Kiln model server",
@@ -83,6 +91,11 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
     app.include_router(recommend.router)
     app.include_router(apps.router)
     app.include_router(v2.router)
+    if registry is not None:
+        from kiln.registry.http import create_router
+
+        opened = registry
+        app.include_router(create_router(lambda: opened), prefix="/registry")
     default_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -97,6 +97,9 @@ class ServeConfig(_Section):
     device: str | None = None
     # Seconds between checks of alias references (name@alias) for a moved alias; 0 is off.
     watch_interval_s: float = Field(default=0.0, ge=0)
+    # Mount the registry's HTTP API (KILN_HOME / KILN_DATABASE_URL) under /registry; reads need a
+    # reader token, writes a writer or admin token, as with `kiln registry serve`.
+    registry_api: bool = False
     # Prediction log, drift and alerts (off by default); the dashboard is at /ui either way.
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
