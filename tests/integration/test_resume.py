@@ -32,7 +32,12 @@ def test_train_killed_then_resumed_equals_uninterrupted(tmp_path: Path, sig: sig
 
     run_dir = tmp_path / "interrupted"
     recipe_path = write_recipe(tmp_path / "recipe.yaml", _recipe(run_dir, tokenizer))
-    proc = subprocess.Popen([sys.executable, "-m", "kiln.cli.main", "train", str(recipe_path)])
+    # A shell that starts jobs in the background ignores SIGINT, and children inherit that;
+    # restore the default so that Ctrl-C reaches training as it does in a terminal.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kiln.cli.main", "train", str(recipe_path)],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     target = run_dir / "checkpoints" / "step-00000009"
     deadline = time.monotonic() + 300
     while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
