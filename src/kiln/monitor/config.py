@@ -85,8 +85,8 @@ class MonitorConfig(_Section):
 
 def monitor_dir(config: MonitorConfig) -> Path:
     """The monitoring folder: ``log_dir`` or ``KILN_HOME/monitor``."""
-    import os
+    from kiln.config.home import kiln_home
 
     if config.log_dir is not None:
         return Path(config.log_dir)
-    return Path(os.environ.get("KILN_HOME", ".kiln")) / "monitor"
+    return kiln_home() / "monitor"

@@ -14,20 +14,15 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
+from kiln.config.home import kiln_home
 from kiln.registry.errors import RegistryError
 
-HOME_ENV = "KILN_HOME"
 DATABASE_URL_ENV = "KILN_DATABASE_URL"
 DB_FILE_NAME = "registry.db"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 WRITE_OPTION = "kiln_write"
 # Any constant: the key of the PostgreSQL advisory lock held while migrating.
 _MIGRATION_LOCK_KEY = 7_365_201
-
-
-def kiln_home() -> Path:
-    """The Kiln home folder: ``$KILN_HOME`` or ``./.kiln``."""
-    return Path(os.environ.get(HOME_ENV) or ".kiln")
 
 
 def database_url(url: str | None = None) -> str:
@@ -51,9 +46,7 @@ def make_engine(url: str) -> Engine:
         return create_engine(parsed, pool_pre_ping=True)
     if backend == "sqlite":
         return _sqlite_engine(parsed.database)
-    raise RegistryError(
-        f"registry database URL {url!r}: unsupported backend {backend!r} (use sqlite or postgresql)"
-    )
+    raise RegistryError(f"registry database URL {url!r}: unsupported backend {backend!r} (use sqlite or postgresql)")
 
 
 def _sqlite_engine(database: str | None) -> Engine:

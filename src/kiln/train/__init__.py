@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from kiln.config.home import kiln_home
 from kiln.config.schema import Recipe
 
 logger = logging.getLogger(__name__)
@@ -30,11 +31,6 @@ class TrainResult:
     metrics: dict[str, float]
     steps: int
     samples_per_s: float
-
-
-def kiln_home() -> Path:
-    """Kiln's home folder for runs, registry and artifacts (``KILN_HOME``, default ``./.kiln``)."""
-    return Path(os.environ.get("KILN_HOME", ".kiln"))
 
 
 def run_dir_for(recipe: Recipe) -> Path:

@@ -162,7 +162,7 @@ def fit(
                 step_loss = 0.0
                 shards = np.array_split(global_index[info.rank :: world], accum)
                 for k, micro in enumerate(shards):
-                    sync = nullcontext() if (k == accum - 1 or not info.is_distributed) else net.no_sync()  # type: ignore[operator]
+                    sync = contextlib.nullcontext() if (k == accum - 1 or not info.is_distributed) else net.no_sync()  # type: ignore[operator]
                     with sync:
                         rng = np.random.default_rng([seed, state.epoch, b, k, info.rank])
                         features = {key: t.to(info.device) for key, t in train.batch(micro, rng).items()}
@@ -359,11 +359,11 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from (they will be redone)."""
     if not path.is_file():
         return
-    kept = [
-        line
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and _line_step(line) is not None and _line_step(line) <= step  # type: ignore[operator]
-    ]
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line_step = _line_step(line) if line.strip() else None
+        if line_step is not None and line_step <= step:
+            kept.append(line)
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
@@ -382,5 +382,3 @@ def _save_weights_atomic(model: nn.Module, path: Path) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     os.replace(tmp, path)
 
-
-nullcontext = contextlib.nullcontext

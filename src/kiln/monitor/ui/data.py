@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kiln.config.home import kiln_home
+
 
 class DashboardData:
     """Collects dashboard JSON from whichever sources exist."""
@@ -18,7 +20,7 @@ class DashboardData:
         self.service = service
         self.monitor = monitor
         self.log_dir = log_dir or (monitor.folder if monitor is not None else None)
-        self.home = home or Path(os.environ.get("KILN_HOME", ".kiln"))
+        self.home = home or kiln_home()
 
     def overview(self) -> dict[str, Any]:
         """Served models (versions, canary) and registry models (versions, aliases)."""
