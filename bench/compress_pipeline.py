@@ -1,13 +1,16 @@
-"""Chain distill -> prune -> onnx -> int8 on a trained package and compare every step with it.
+"""Chain vocab -> distill -> prune -> onnx -> int8 on a trained package and compare every step.
 
     python bench/compress_pipeline.py PACKAGE [--output DIR] [--threads 2] \
-        [--steps distill,prune,onnx,quantize-dynamic] [distill.epochs=3 prune.heads_fraction=0.5 ...]
+        [--steps vocab,distill,prune,onnx,quantize-dynamic] [--alone int8,distill,prune] \
+        [distill.epochs=3 prune.heads_fraction=0.5 ...]
 
 PACKAGE is a trained text package whose manifest records its recipe (e.g. the sentiment recipe's
 ``<run_dir>/package``); the recipe's data trains the student and its test split scores every
 package. The teacher and each step's package are measured side by side in the same process on
 the same inputs: accuracy on the test split, p50 latency at batch 1, throughput at batch 32
 and size on disk (best of --rounds round-robin passes), with the ratios against the teacher.
+``--alone`` also applies single techniques to the teacher with the same settings (int8: ONNX +
+dynamic int8; distill; prune), measured in the same passes, to set each beside the chain.
 Results go to ``DIR/pipeline.json``.
 """
 
@@ -19,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_STEPS = "distill,prune,onnx,quantize-dynamic"
+DEFAULT_STEPS = "vocab,distill,prune,onnx,quantize-dynamic"
+ALONE = {"int8": ["onnx", "quantize-dynamic"], "distill": ["distill"], "prune": ["prune"]}
 
 
 def measure(path: Path, threads: int, out: Path, seconds: float) -> dict[str, Any]:
@@ -28,7 +32,7 @@ def measure(path: Path, threads: int, out: Path, seconds: float) -> dict[str, An
     from kiln.evaluate.speed import measure_package
 
     report = kiln.evaluate.run(
-        kiln.evaluate.EvaluationConfig(package=path, output_dir=out / "reports" / path.name)
+        kiln.evaluate.EvaluationConfig(package=path, output_dir=out / "reports" / f"{path.parent.name}-{path.name}")
     ).report
     inputs = _test_inputs(path)
     speed = measure_package(
@@ -59,6 +63,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("bench-compress-pipeline"))
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads when timing")
     parser.add_argument("--steps", default=DEFAULT_STEPS, help="comma-separated compress steps")
+    parser.add_argument("--alone", default="", help=f"also alone from the teacher: {','.join(ALONE)}")
     parser.add_argument("--seconds", type=float, default=1.0, help="timing per batch size")
     parser.add_argument("--rounds", type=int, default=2, help="timing passes over all packages")
     parser.add_argument("overrides", nargs="*", help="compress settings, e.g. distill.epochs=3")
@@ -73,14 +78,20 @@ def main() -> None:
     cfg = CompressConfig.model_validate(apply_overrides({}, args.overrides))
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     start = time.perf_counter()
-    result = kiln.compress.run(args.package, output_dir=args.output, config=cfg, steps=steps)
+    result = kiln.compress.run(args.package, output_dir=args.output / "chain", config=cfg, steps=steps)
     compress_s = time.perf_counter() - start
+    paths = [args.package, *result.packages]
+    names = ["teacher"] + [f"chain:{m['lineage']['transformation']}" for m in result.manifests]
+    for name in [a.strip() for a in args.alone.split(",") if a.strip()]:
+        alone = kiln.compress.run(
+            args.package, output_dir=args.output / f"alone-{name}", config=cfg, steps=ALONE[name]
+        )
+        paths.append(alone.packages[-1])
+        names.append(f"alone:{name}")
     torch.set_num_threads(args.threads)
 
     # Every package is timed in --rounds round-robin passes and keeps its best p50 and
     # throughput, so none is favoured by when it ran (warm-up, a noisy neighbour on the CPUs).
-    paths = [args.package, *result.packages]
-    names = ["teacher"] + [m["lineage"]["transformation"] for m in result.manifests]
     rows: list[dict[str, Any]] = []
     for round_index in range(args.rounds):
         for i, path in enumerate(paths):
@@ -98,18 +109,19 @@ def main() -> None:
         row["size_ratio"] = teacher["size_bytes"] / row["size_bytes"]
 
     print(
-        f"{'step':<18}{'acc':>8}{'Δ pts':>8}{'p50 ms':>9}{'x p50':>7}"
+        f"{'step':<24}{'acc':>8}{'Δ pts':>8}{'p50 ms':>9}{'x p50':>7}"
         f"{'/s@32':>9}{'x @32':>7}{'MB':>8}{'x size':>8}"
     )
     for r in rows:
         print(
-            f"{r['step']:<18}{r['accuracy']:>8.4f}{r['accuracy_change_points']:>8.2f}"
+            f"{r['step']:<24}{r['accuracy']:>8.4f}{r['accuracy_change_points']:>8.2f}"
             f"{r['latency_p50_ms']:>9.2f}{r['speedup_p50']:>7.2f}{r['throughput_32']:>9.0f}"
             f"{r['throughput_32_ratio']:>7.2f}{r['size_bytes'] / 1e6:>8.2f}{r['size_ratio']:>8.2f}"
         )
     payload = {
         "package": str(args.package),
         "steps": steps,
+        "alone": args.alone,
         "threads": args.threads,
         "rounds": args.rounds,
         "compress_wall_s": round(compress_s, 1),

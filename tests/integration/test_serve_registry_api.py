@@ -22,3 +22,35 @@ def test_serve_mounts_registry_api_with_token_checks(tmp_path: Path) -> None:
     assert anonymous.status_code == 401
     assert listed.status_code == 200 and [v["version"] for v in listed.json()] == [1]
     assert predicted.status_code == 200
+
+
+def test_serve_accepts_registry_tokens_by_role(tmp_path: Path) -> None:
+    package = make_image_package(tmp_path / "digits")
+    with Registry() as registry:
+        registry.register(package, name="digits")
+        registry.store.create_user("ana", "reader")
+        registry.store.create_user("ops", "writer")
+        _, reader = registry.store.create_token("ana")
+        _, writer = registry.store.create_token("ops")
+        revoked, revoked_secret = registry.store.create_token("ops", name="old")
+        registry.store.revoke_token(revoked.id)
+    # A non-loopback host makes every endpoint ask for a token (the harness binds loopback).
+    config = ServeConfig(
+        models=[ModelConfig(name="digits", versions={1: str(package), 2: str(package)})],
+        registry_tokens=True,
+        host="0.0.0.0",
+    )
+    body = {"inputs": [[0] * 64]}
+    canary = {"weights": {"1": 50, "2": 50}}
+    with serving(config) as server:
+        anonymous = server.post("/v1/models/digits:predict", body)
+        by_reader = server.post("/v1/models/digits:predict", body, headers={"Authorization": f"Bearer {reader}"})
+        by_revoked = server.post(
+            "/v1/models/digits:predict", body, headers={"Authorization": f"Bearer {revoked_secret}"}
+        )
+        reader_canary = server.client_put("/v1/admin/models/digits/canary", canary, token=reader)
+        writer_canary = server.client_put("/v1/admin/models/digits/canary", canary, token=writer)
+    assert anonymous.status_code == 401 and by_revoked.status_code == 401
+    assert by_reader.status_code == 200
+    assert reader_canary.status_code == 401, "a reader token must not manage models"
+    assert writer_canary.status_code == 200 and writer_canary.json()["canary"] == {"1": 50, "2": 50}

@@ -29,6 +29,13 @@ def serve(
     port: Annotated[int | None, typer.Option(help="TCP port (default 8000)")] = None,
     workers: Annotated[int | None, typer.Option(help="Server processes (default 1)")] = None,
     token_file: Annotated[Path | None, typer.Option(help="Bearer tokens, one per line")] = None,
+    registry_tokens: Annotated[
+        bool | None,
+        typer.Option(
+            "--registry-tokens",
+            help="Accept the registry's API tokens (reader: inference; writer: management)",
+        ),
+    ] = None,
 ) -> None:
     """Serve models until SIGTERM or Ctrl-C; in-flight requests finish first."""
     from kiln.cli.main import user_errors
@@ -37,7 +44,13 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with user_errors():
-        cli = {"host": host, "port": port, "workers": workers, "token_file": token_file}
+        cli = {
+            "host": host,
+            "port": port,
+            "workers": workers,
+            "token_file": token_file,
+            "registry_tokens": registry_tokens,
+        }
         cfg = (
             load_serve_config(config, **cli)
             if config

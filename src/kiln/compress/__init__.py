@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.compress.errors import CompressError
-from kiln.compress.examples import Examples, examples_from_recipe
+from kiln.compress.examples import Examples, examples_from_recipe, train_samples_needed
 from kiln.config.schema import CompressConfig
 
 __all__ = ["CompressError", "CompressResult", "Examples", "STEPS", "examples_from_recipe", "run"]
@@ -95,8 +95,17 @@ def _prune(
     return prune_structured(parent, manifest, dest, cfg.prune, ex, recovery=cfg.distill)
 
 
+def _vocab(
+    parent: Path, manifest: dict[str, Any], dest: Path, cfg: CompressConfig, ex: Examples
+) -> dict[str, Any]:
+    from kiln.compress.vocab import trim_vocabulary
+
+    return trim_vocabulary(parent, manifest, dest, cfg.vocab, ex)
+
+
 STEPS: dict[str, Step] = {
     "distill": _distill,
+    "vocab": _vocab,
     "onnx": _onnx,
     "quantize-dynamic": _quantize_dynamic,
     "quantize-static": _quantize_static,
@@ -148,7 +157,7 @@ def run(
         examples = examples_from_recipe(
             manifest,
             eval_samples=cfg.eval_samples,
-            train_samples=max(cfg.quantize.calibration_samples, cfg.prune.importance_samples),
+            train_samples=train_samples_needed(cfg, names),
         )
     if examples is None:
         raise CompressError(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln.compress.errors import CompressError
+from kiln.config.schema import CompressConfig
 
 
 @dataclass(frozen=True)
@@ -57,4 +58,13 @@ def examples_from_recipe(
         eval_labels=[names[int(i)] for i in val.labels[:n_eval]],
         train_inputs=list(train.inputs[:n_train]),
         train_labels=[names[int(i)] for i in train.labels[:n_train]],
+    )
+
+
+def train_samples_needed(cfg: CompressConfig, steps: Sequence[str]) -> int:
+    """How many training inputs the steps use: calibration, importance ranking, vocabulary."""
+    return max(
+        cfg.quantize.calibration_samples,
+        cfg.prune.importance_samples,
+        cfg.vocab.samples if "vocab" in steps else 0,
     )

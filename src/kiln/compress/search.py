@@ -1,7 +1,8 @@
 """Search for the smallest package that meets a latency budget within an accuracy bound.
 
 Candidates are student depths x structured-pruning fractions x ONNX precisions, built with the
-ordinary steps (distill -> prune -> onnx -> quantize-dynamic) and each measured through the
+ordinary steps (vocab -> distill -> prune -> onnx -> quantize-dynamic; the vocabulary is trimmed
+once, to the tokens of the training texts, before anything else) and each measured through the
 runtime: accuracy on the validation examples and p50 latency at batch 1. The search walks from
 the largest model to the smallest and prunes what cannot win:
 
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.compress.errors import CompressError
-from kiln.compress.examples import Examples, examples_from_recipe
+from kiln.compress.examples import Examples, examples_from_recipe, train_samples_needed
 from kiln.config.schema import CompressConfig, DistillConfig
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class SearchConfig:
     max_candidates: int = 12  # candidates evaluated at most
     latency_runs: int = 30  # timed batch-1 calls per candidate
     num_threads: int | None = 1  # intra-op threads when timing (1 is the most repeatable)
+    trim_vocab: bool = True  # first keep only the embedding rows of tokens the data uses
 
     def __post_init__(self) -> None:
         if not self.target_latency_ms > 0:
@@ -137,7 +139,7 @@ def search(
         examples = examples_from_recipe(
             manifest,
             eval_samples=cfg.eval_samples,
-            train_samples=max(cfg.quantize.calibration_samples, cfg.prune.importance_samples),
+            train_samples=train_samples_needed(cfg, ["vocab"] if budget.trim_vocab else []),
         )
     if examples is None or examples.eval_labels is None:
         raise CompressError(
@@ -150,11 +152,17 @@ def search(
     out.mkdir(parents=True, exist_ok=True)
     reference = measure_candidate(teacher, examples, budget)
     state = _State(teacher_accuracy=reference["accuracy"], cfg=budget)
+    base, base_manifest = teacher, manifest
+    if budget.trim_vocab:
+        from kiln.compress.vocab import trim_vocabulary
+
+        base = out / "vocab"
+        base_manifest = trim_vocabulary(teacher, manifest, base, cfg.vocab, examples)
     for depth in depths:
         if state.is_full():
             state.skip(f"L{depth}", f"the budget of {budget.max_candidates} candidates is spent")
             continue
-        _search_student(teacher, manifest, depth, teacher_layers, out, cfg, examples, state)
+        _search_student(base, base_manifest, depth, teacher_layers, out, cfg, examples, state)
     return _finish(out, reference, state, budget)
 
 

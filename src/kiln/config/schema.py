@@ -164,6 +164,7 @@ class EvalConfig(_Section):
 
 CompressStep = Literal[
     "distill",
+    "vocab",
     "onnx",
     "quantize-dynamic",
     "quantize-static",
@@ -217,6 +218,17 @@ class PruneConfig(_Section):
     batch_size: int = Field(default=16, ge=1)
     # Epochs of recovery distillation from the unpruned parent after pruning (0: none).
     recovery_epochs: int = Field(default=0, ge=0)
+
+
+class VocabConfig(_Section):
+    # Keep tokens the training texts use at least this many times (plus specials and characters).
+    min_frequency: int = Field(default=1, ge=1)
+    # Most training texts tokenized to find the tokens in use.
+    samples: int = Field(default=100_000, ge=1)
+    # Keep every single-character piece, so any word can still be spelt out of kept pieces.
+    keep_characters: bool = True
+    # Cut the position embeddings to the package's max_length (the longest input it is given).
+    trim_positions: bool = True
 
 
 class DistillConfig(_Section):
@@ -277,6 +289,8 @@ class CompressConfig(_Section):
     prune: PruneConfig = Field(default_factory=PruneConfig)
     # Knowledge distillation into a smaller student (also recovery after pruning).
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    # Vocabulary trimming: embedding rows of the tokens the training texts use.
+    vocab: VocabConfig = Field(default_factory=VocabConfig)
 
 
 class PromoteConfig(_Section):

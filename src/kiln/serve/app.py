@@ -23,7 +23,14 @@ from kiln.serve.config import ServeConfig
 from kiln.serve.handling import HTTPProblem, InferenceService
 from kiln.serve.metrics import ServeMetrics
 from kiln.serve.repository import ModelRepository
-from kiln.serve.security import TokenVerifier, is_loopback, read_tokens, token_verifier
+from kiln.serve.security import (
+    TokenVerifier,
+    any_verifier,
+    is_loopback,
+    read_tokens,
+    registry_verifier,
+    token_verifier,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +40,8 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
 
     Args:
         config: models and server settings.
-        verifier: checks bearer tokens; built from ``config.token_file`` when empty.
+        verifier: checks bearer tokens; built from ``config.token_file`` and, with
+            ``config.registry_tokens``, the registry's API tokens when empty.
 
     Raises:
         ConfigError: a non-loopback bind without tokens, or an unreadable token file.
@@ -42,11 +50,27 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
     from kiln.errors import ConfigError
     from kiln.serve import apps, recommend, rest, v2
 
-    if verifier is None and config.token_file is not None:
-        verifier = token_verifier(read_tokens(config.token_file))
+    file_tokens = read_tokens(config.token_file) if verifier is None and config.token_file else None
+    registry = None
+    if config.registry_api or config.registry_tokens:
+        from kiln.registry import Registry
+
+        registry = Registry()
+    if verifier is None:
+        verifier = any_verifier(
+            [
+                *([token_verifier(file_tokens)] if file_tokens else []),
+                *([registry_verifier(registry.store)] if registry and config.registry_tokens else []),
+            ]
+        )
     is_public = not is_loopback(config.host)
     if is_public and verifier is None:
-        raise ConfigError(f"binding to {config.host} (not loopback) needs bearer tokens: pass --token-file")
+        if registry is not None:
+            registry.close()
+        raise ConfigError(
+            f"binding to {config.host} (not loopback) needs bearer tokens: "
+            "pass --token-file or --registry-tokens"
+        )
     metrics = ServeMetrics()
     repository = ModelRepository(config, metrics)
     service = InferenceService(
@@ -56,12 +80,6 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
         verifier=verifier,
         is_auth_required=is_public,
     )
-
-    registry = None
-    if config.registry_api:
-        from kiln.registry import Registry
-
-        registry = Registry()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -91,7 +109,7 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
     app.include_router(recommend.router)
     app.include_router(apps.router)
     app.include_router(v2.router)
-    if registry is not None:
+    if registry is not None and config.registry_api:
         from kiln.registry.http import create_router
 
         opened = registry

@@ -83,6 +83,9 @@ class ServeConfig(_Section):
     workers: int = Field(default=1, ge=1)
     # File of bearer tokens, one per line; required for a non-loopback bind and for management.
     token_file: Path | None = None
+    # Also accept the registry's API tokens (KILN_HOME / KILN_DATABASE_URL): a reader token may
+    # call inference, management needs a writer or admin token.
+    registry_tokens: bool = False
     # Largest request body accepted; larger bodies get 413.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
     # Most inputs in one request; more get 413.

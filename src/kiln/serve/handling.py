@@ -64,7 +64,8 @@ class InferenceService:
         """Check the bearer token where one is needed.
 
         Raises:
-            HTTPProblem: 401 without a valid token, 403 when management has no tokens at all.
+            HTTPProblem: 401 without a valid token or with one whose role is too weak for
+                management; 403 when management has no tokens at all.
         """
         if not (is_management or self.is_auth_required):
             return
@@ -72,10 +73,10 @@ class InferenceService:
             raise HTTPProblem(
                 403,
                 "management endpoints are disabled: start the server with "
-                "--token-file to enable them",
+                "--token-file or --registry-tokens to enable them",
             )
         token = bearer_token(authorization)
-        if token is None or not self.verifier(token):
+        if token is None or not self.verifier(token, is_management):
             raise HTTPProblem(
                 401,
                 "a valid bearer token is required (Authorization: Bearer ...)",

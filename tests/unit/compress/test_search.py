@@ -38,6 +38,9 @@ def test_search_returns_smallest_package_meeting_a_loose_budget(
     student = kiln.runtime.load(chosen["path"])
     assert student.manifest["precision"] in ("fp32", "int8")
     assert len(student.predict(["a fine film"])) == 1
+    # Every candidate descends from the teacher with its vocabulary trimmed to the data's tokens.
+    trimmed = kiln.runtime.load(tmp_path / "s" / "vocab").manifest
+    assert trimmed["metrics"]["vocab_size"]["after"] < trimmed["metrics"]["vocab_size"]["before"]
 
 
 def test_search_says_which_constraint_failed_and_by_how_much(
