@@ -57,14 +57,16 @@ def compress(
             cfg = CompressConfig.model_validate(apply_overrides(base, overrides or []))
         except ValueError as exc:
             raise ConfigError(f"compress settings: {exc}") from None
+        names = [s.strip() for s in steps.split(",") if s.strip()] if steps else None
         examples = None
         if loaded is not None:
+            from kiln.compress.examples import train_samples_needed
+
             examples = kiln.compress.examples_from_recipe(
                 {"recipe": loaded.model_dump(mode="json")},
                 eval_samples=cfg.eval_samples,
-                train_samples=max(cfg.quantize.calibration_samples, cfg.prune.importance_samples),
+                train_samples=train_samples_needed(cfg, names if names is not None else cfg.steps),
             )
-        names = [s.strip() for s in steps.split(",") if s.strip()] if steps else None
         if target_latency_ms is not None or max_accuracy_drop is not None:
             _search(package, output, cfg, examples, names, target_latency_ms, max_accuracy_drop, budget_candidates)
             return

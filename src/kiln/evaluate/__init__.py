@@ -77,6 +77,49 @@ def run(cfg: EvaluationConfig) -> EvalResult:
     return EvalResult(report=report, output_dir=out)
 
 
+def gate_metrics(
+    cfg: EvaluationConfig,
+    sample_inputs: list[Any],
+    *,
+    num_threads: int | None = None,
+    latency_runs: int = 100,
+    report: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """The flat metrics a promotion rule may name, measured on one classification package.
+
+    Quality on ``cfg``'s data (accuracy, macro_f1, ece; ``report`` when already computed),
+    batch-1 latency percentiles on ``sample_inputs`` at ``num_threads`` and the size on disk:
+    the names of ``kiln.config.rules.METRICS``. The torch thread count is restored afterwards.
+    """
+    import torch
+
+    from kiln.evaluate.speed import measure_package
+
+    report = report if report is not None else run(cfg).report
+    threads = torch.get_num_threads()
+    try:
+        speed = measure_package(
+            cfg.package,
+            sample_inputs,
+            num_threads=num_threads,
+            batch_sizes=(1,),
+            latency_runs=latency_runs,
+            min_throughput_s=0.0,
+        )
+    finally:
+        torch.set_num_threads(threads)  # loading with num_threads sets it for the whole process
+    latency = speed["latency_ms"]
+    return {
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+        "ece": report["ece"],
+        "p50_latency_ms": latency["p50"],
+        "p95_latency_ms": latency["p95"],
+        "p99_latency_ms": latency["p99"],
+        "size_mb": speed["size_bytes"] / 1e6,
+    }
+
+
 def _run_ranking(cfg: EvaluationConfig, predictor: Any) -> EvalResult:
     from kiln.evaluate.ranking import evaluate_recommender
 

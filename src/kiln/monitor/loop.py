@@ -2,12 +2,16 @@
 
 When such a rule fires, a background thread (never the request path, never the event loop):
 
-1. writes the logged inputs of the alerting model that have feedback labels to
-   ``<monitor>/retrain/<model>-<time>/data.csv`` (columns ``text``, ``label``) and retrains the
-   rule's recipe on that file alone: ``data.train_file`` points at it, ``data.dataset``,
+1. takes the logged inputs of the alerting model that have feedback labels, holds a seeded 20%
+   of them out for the gate (``holdout.csv``) and writes the rest to
+   ``<monitor>/retrain/<model>-<time>/data.csv`` (columns ``text``, ``label``); the rule's recipe
+   is retrained on that file alone: ``data.train_file`` points at it, ``data.dataset``,
    ``data.test_file`` and ``data.max_examples`` are cleared (recipe data is replaced, not mixed);
 2. runs ``kiln train`` in a child process (so training never holds the server's GIL);
-3. passes the new package through the gate (``passes_gate``) against the serving version;
+3. measures the new package and the serving version on the same held-out rows (accuracy,
+   macro-F1, ECE, batch-1 latency, size) and passes them through the gate: the recipe's own
+   ``promote:`` rules when it has them (every alias a rule names stands for the serving version),
+   else ``accuracy >= serving accuracy - max_accuracy_drop``;
 4. registers the package in the registry, loads it into the running server and gives it
    ``canary_percent`` of the traffic.
 
@@ -40,6 +44,8 @@ CANARY = "canary"
 REJECTED = "rejected"
 FAILED = "retrain-failed"
 MIN_TRAIN_ROWS = 20  # fewer labelled rows cannot be split into train/validation/test
+HOLDOUT_SHARE = 0.2  # labelled logged rows kept out of retraining to gate the candidate on
+MIN_HOLDOUT_ROWS = 5
 
 
 @dataclass(frozen=True)
@@ -67,16 +73,15 @@ class RetrainOutcome:
 def passes_gate(
     candidate_metrics: Mapping[str, Any], current_metrics: Mapping[str, Any], rules: GateRules
 ) -> tuple[bool, str]:
-    """Decide whether a retrained version may start as a canary.
+    """The built-in gate: candidate metric >= serving metric - max drop.
 
-    Metrics are a manifest's ``metrics`` (``{"validation": {"accuracy": ...}}``) or the flat
-    validation mapping. This is the one place the promotion decision is made, so that the
-    pipeline's ``promote:`` gate can replace it.
+    Metrics are flat (measured on the same held-out rows) or a manifest's ``metrics``
+    (``{"validation": {"accuracy": ...}}``).
     """
     candidate = _validation(candidate_metrics).get(rules.metric)
     current = _validation(current_metrics).get(rules.metric)
     if candidate is None:
-        return False, f"candidate has no validation {rules.metric}"
+        return False, f"candidate has no {rules.metric}"
     if current is None:
         return True, f"candidate {rules.metric} {candidate:.4f}; serving version has none to compare"
     floor = float(current) - rules.max_accuracy_drop
@@ -88,8 +93,50 @@ def passes_gate(
     return float(candidate) >= floor, text
 
 
+def gate(
+    candidate: Mapping[str, float],
+    current: Mapping[str, float],
+    promote: Any,
+    rules: GateRules,
+    serving_ref: str,
+) -> tuple[bool, str]:
+    """Decide whether a retrained candidate may start as a canary, and say why.
+
+    ``candidate`` and ``current`` are flat metrics measured on the same rows. With a recipe
+    ``promote`` section that has rules, those rules decide (through the pipeline's ``decide``),
+    every alias they name standing for the serving version ``serving_ref``; otherwise the
+    built-in ``rules``.
+    """
+    if promote is None or not promote.rules:
+        return passes_gate(candidate, current, rules)
+    from kiln.config.rules import parse_rule
+    from kiln.pipeline.promote import Candidate, Holder, decide
+
+    aliases = {promote.alias, *(alias for text in promote.rules for alias in parse_rule(text).aliases)}
+    holders = {alias: Holder(ref=serving_ref, metrics=dict(current)) for alias in aliases}
+    decision = decide(promote, [Candidate(step="retrain", ref="candidate", metrics=dict(candidate))], holders)
+    checks = "; ".join(f"'{c.rule}' {c.status}: {c.detail}" for c in decision.considered[0].checks)
+    is_passed = decision.chosen is not None
+    return is_passed, f"recipe gate {'passed' if is_passed else 'failed'} ({checks})"
+
+
 def write_feedback_rows(log_dir: Path, model: str, dest: Path) -> int:
-    """Write the model's logged text inputs that have feedback labels to a CSV; return the rows.
+    """Write the model's logged text inputs that have feedback labels to a CSV; return the rows."""
+    return _write_csv(dest, feedback_rows(log_dir, model))
+
+
+def split_holdout(rows: list[tuple[str, str]], seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(train rows, held-out rows): a seeded ``HOLDOUT_SHARE`` (at least ``MIN_HOLDOUT_ROWS``) held out."""
+    import random
+
+    shuffled = list(rows)
+    random.Random(seed).shuffle(shuffled)
+    n_holdout = max(MIN_HOLDOUT_ROWS, round(HOLDOUT_SHARE * len(shuffled)))
+    return shuffled[n_holdout:], shuffled[:n_holdout]
+
+
+def feedback_rows(log_dir: Path, model: str) -> list[tuple[str, str]]:
+    """The model's logged text inputs that have feedback labels, as (text, label), in log order.
 
     Raises:
         ValueError: the model's inputs are not texts (image retraining from logs is not supported).
@@ -101,7 +148,7 @@ def write_feedback_rows(log_dir: Path, model: str, dest: Path) -> int:
     predictions = read_log(log_dir)
     feedback = read_log(log_dir, FEEDBACK)
     if predictions.empty or feedback.empty:
-        return _write_csv(dest, [])
+        return []
     feedback = feedback[feedback["model"] == model].drop_duplicates(["request_id", "index"], keep="last")
     labels = {(str(r.request_id), int(r.index)): str(r.label) for r in feedback.itertuples(index=False)}
     rows = []
@@ -113,7 +160,7 @@ def write_feedback_rows(log_dir: Path, model: str, dest: Path) -> int:
         if not isinstance(text, str):
             raise ValueError("retraining from logged inputs supports text models only")
         rows.append((text, label))
-    return _write_csv(dest, rows)
+    return rows
 
 
 class RetrainLoop:
@@ -159,16 +206,34 @@ class RetrainLoop:
         run_dir = self.monitor.folder / "retrain" / f"{event.model}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir.mkdir(parents=True, exist_ok=True)
         self.monitor.log.flush()
-        rows = write_feedback_rows(self.monitor.folder, event.model, run_dir / "data.csv")
-        needed = max(cfg.min_feedback, MIN_TRAIN_ROWS)
-        if rows < needed:
-            return self._outcome(event, rule, FAILED, f"{rows} logged inputs with feedback, need {needed}", run_dir)
-        self._record(event, rule, STARTED, f"retraining on {rows} logged inputs with feedback in {run_dir}")
+        rows = feedback_rows(self.monitor.folder, event.model)
+        needed = max(cfg.min_feedback, MIN_TRAIN_ROWS + MIN_HOLDOUT_ROWS)
+        if len(rows) < needed:
+            reason = f"{len(rows)} logged inputs with feedback, need {needed}"
+            return self._outcome(event, rule, FAILED, reason, run_dir)
+        train_rows, holdout_rows = split_holdout(rows)
+        _write_csv(run_dir / "data.csv", train_rows)
+        _write_csv(run_dir / "holdout.csv", holdout_rows)
+        self._record(
+            event,
+            rule,
+            STARTED,
+            f"retraining on {len(train_rows)} logged inputs with feedback ({len(holdout_rows)} held out "
+            f"for the gate) in {run_dir}",
+        )
         package = self._train(cfg, run_dir)
         current = self.monitor.repository.route(event.model, event.version).model.predictor.path
-        candidate_metrics, current_metrics = _metrics(package), _metrics(current)
-        is_passed, reason = passes_gate(
-            candidate_metrics, current_metrics, GateRules(max_accuracy_drop=cfg.max_accuracy_drop)
+        recipe = _recipe_of(package)
+        holdout = run_dir / "holdout.csv"
+        texts = [text for text, _ in holdout_rows]
+        candidate_metrics = _gate_metrics(package, holdout, texts, recipe, run_dir / "gate" / "candidate")
+        current_metrics = _gate_metrics(current, holdout, texts, recipe, run_dir / "gate" / "serving")
+        is_passed, reason = gate(
+            candidate_metrics,
+            current_metrics,
+            recipe.promote,
+            GateRules(max_accuracy_drop=cfg.max_accuracy_drop),
+            f"{event.model}@{event.version}",
         )
         if not is_passed:
             return self._outcome(
@@ -290,10 +355,27 @@ def _validation(metrics: Mapping[str, Any]) -> Mapping[str, Any]:
     return inner if isinstance(inner, Mapping) else metrics
 
 
-def _metrics(package: Path) -> dict[str, Any]:
+def _recipe_of(package: Path) -> Any:
+    from kiln.config import parse_recipe
     from kiln.runtime.package import read_manifest
 
-    return dict(read_manifest(package).get("metrics") or {})
+    return parse_recipe(read_manifest(package)["recipe"], source=f"{package}/kiln.json recipe")
+
+
+def _gate_metrics(package: Path, holdout: Path, texts: list[str], recipe: Any, out: Path) -> dict[str, float]:
+    """Metrics of one package on the held-out logged rows, as the recipe's gate names them."""
+    import kiln.evaluate
+
+    cfg = kiln.evaluate.EvaluationConfig(
+        package=Path(package),
+        data_file=holdout,
+        output_dir=out,
+        batch_size=recipe.eval.batch_size,
+        ece_bins=recipe.eval.ece_bins,
+    )
+    return kiln.evaluate.gate_metrics(
+        cfg, texts, num_threads=recipe.eval.num_threads, latency_runs=recipe.eval.latency_runs
+    )
 
 
 def _write_csv(dest: Path, rows: list[tuple[str, str]]) -> int:

@@ -191,10 +191,7 @@ def _evaluate(
     recipe: Recipe, package: PackageOutcome, sample_inputs: list[Any], work_dir: Path, report: Report
 ) -> PackageOutcome:
     """Test-split metrics, batch-1 latency and size of a package, through the runtime."""
-    import torch
-
     import kiln.evaluate
-    from kiln.evaluate.speed import measure_package
 
     key = cache.stage_key("evaluate", {"package": package.digest, "eval": recipe.eval.model_dump(mode="json")})
     folder = cache.stage_dir(work_dir, "eval", key)
@@ -202,44 +199,30 @@ def _evaluate(
     if done is not None:
         report(f"evaluate {package.step}: skipped, {folder} already holds its metrics")
         return replace(package, metrics=done["metrics"], eval_dir=folder, skipped=(*package.skipped, "evaluate"))
-    result = kiln.evaluate.run(
-        kiln.evaluate.EvaluationConfig(
-            package=package.path,
-            output_dir=folder,
-            batch_size=recipe.eval.batch_size,
-            ece_bins=recipe.eval.ece_bins,
-        )
+    cfg = kiln.evaluate.EvaluationConfig(
+        package=package.path,
+        output_dir=folder,
+        batch_size=recipe.eval.batch_size,
+        ece_bins=recipe.eval.ece_bins,
     )
+    result = kiln.evaluate.run(cfg)
     if result.report.get("task") == "recommendation":
         metrics = {k: result.report[k] for k in RANKING_METRICS}
         metrics["size_mb"] = sum(f.stat().st_size for f in package.path.rglob("*") if f.is_file()) / 1e6
         cache.mark_completed(folder, key, {"package": str(package.path), "metrics": metrics})
         report(f"evaluate {package.step}: ndcg@10 {metrics['ndcg@10']:.4f}")
         return replace(package, metrics=metrics, eval_dir=folder)
-    threads = torch.get_num_threads()
-    try:
-        speed = measure_package(
-            package.path,
-            sample_inputs,
-            num_threads=recipe.eval.num_threads,
-            batch_sizes=(1,),
-            latency_runs=recipe.eval.latency_runs,
-            min_throughput_s=0.0,
-        )
-    finally:
-        torch.set_num_threads(threads)  # loading with num_threads sets it for the whole process
-    latency = speed["latency_ms"]
-    metrics = {
-        "accuracy": result.report["accuracy"],
-        "macro_f1": result.report["macro_f1"],
-        "ece": result.report["ece"],
-        "p50_latency_ms": latency["p50"],
-        "p95_latency_ms": latency["p95"],
-        "p99_latency_ms": latency["p99"],
-        "size_mb": speed["size_bytes"] / 1e6,
-    }
+    metrics = kiln.evaluate.gate_metrics(
+        cfg,
+        sample_inputs,
+        num_threads=recipe.eval.num_threads,
+        latency_runs=recipe.eval.latency_runs,
+        report=result.report,
+    )
     cache.mark_completed(folder, key, {"package": str(package.path), "metrics": metrics})
-    report(f"evaluate {package.step}: accuracy {metrics['accuracy']:.4f}, p99 {latency['p99']:.2f} ms")
+    report(
+        f"evaluate {package.step}: accuracy {metrics['accuracy']:.4f}, p99 {metrics['p99_latency_ms']:.2f} ms"
+    )
     return replace(package, metrics=metrics, eval_dir=folder)
 
 

@@ -28,7 +28,7 @@ def test_passes_gate_compares_validation_accuracy_with_margin(
 
 
 def test_passes_gate_refuses_candidate_without_metric() -> None:
-    assert passes_gate({}, {"accuracy": 0.5}, GateRules()) == (False, "candidate has no validation accuracy")
+    assert passes_gate({}, {"accuracy": 0.5}, GateRules()) == (False, "candidate has no accuracy")
 
 
 def test_passes_gate_accepts_when_serving_version_has_no_metric() -> None:
