@@ -1,7 +1,7 @@
-"""Chain vocab -> distill -> prune -> onnx -> int8 on a trained package and compare every step.
+"""Chain distill -> prune -> vocab -> onnx -> int8 on a trained package and compare every step.
 
     python bench/compress_pipeline.py PACKAGE [--output DIR] [--threads 2] \
-        [--steps vocab,distill,prune,onnx,quantize-dynamic] [--alone int8,distill,prune] \
+        [--steps distill,prune,vocab,onnx,quantize-dynamic] [--alone int8,prune] \
         [distill.epochs=3 prune.heads_fraction=0.5 ...]
 
 PACKAGE is a trained text package whose manifest records its recipe (e.g. the sentiment recipe's
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_STEPS = "vocab,distill,prune,onnx,quantize-dynamic"
+DEFAULT_STEPS = "distill,prune,vocab,onnx,quantize-dynamic"
 ALONE = {"int8": ["onnx", "quantize-dynamic"], "distill": ["distill"], "prune": ["prune"]}
 
 

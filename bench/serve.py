@@ -19,8 +19,10 @@ measures, and prints with the ratios issue 5's goals name:
     python bench/serve.py --size tiny --duration-s 1 --ceiling-s 0.5 --concurrency 1 4 \
         --rates 0.5 1 --batch-sizes 1 8 --threads 1 --sessions 1 --overload-s 1 --soak-s 2  # smoke
 
-The load generator shares the machine's cores with the servers, as a wrk run on the same host
-would; compare rows of one run, not numbers across machines.
+The closed-loop rows are driven by wrk when it is installed (``apt-get install wrk``; one C thread,
+so the load generator takes little of the CPUs it shares with the servers) and by an httpx
+client otherwise (``--client``); the open-loop sweep and the overload run use httpx. Compare rows
+of one run, not numbers across machines.
 """
 
 from __future__ import annotations
@@ -247,6 +249,52 @@ async def closed_loop(url: str, texts: list[str], concurrency: int, duration_s: 
     return summarize(latencies, elapsed, errors=errors)
 
 
+WRK_SCRIPT = """
+local bodies = {}
+for line in io.lines(os.getenv("KILN_BENCH_BODIES")) do bodies[#bodies + 1] = line end
+local i = math.random(#bodies)
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i % #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[i])
+end
+"""
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def run_closed(client: str, url: str, texts: list[str], concurrency: int, duration_s: float, work: Path) -> dict:
+    """One closed-loop measurement with the chosen load generator."""
+    if client == "wrk":
+        return wrk_closed_loop(url, texts, concurrency, duration_s, work)
+    return asyncio.run(closed_loop(url, texts, concurrency, duration_s))
+
+
+def wrk_closed_loop(url: str, texts: list[str], concurrency: int, duration_s: float, work: Path) -> dict[str, Any]:
+    """The closed loop driven by wrk (C, one thread): the load generator takes less CPU than httpx."""
+    import json
+    import re
+
+    bodies = work / "wrk-bodies.jsonl"
+    if not bodies.exists():
+        bodies.write_text("".join(json.dumps({"inputs": [t]}) + "\n" for t in texts))
+        (work / "wrk.lua").write_text(WRK_SCRIPT)
+    command = [
+        "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s", "--latency", "--timeout", "60s",
+        "-s", str(work / "wrk.lua"), url,
+    ]  # fmt: skip
+    out = subprocess.run(
+        command, capture_output=True, text=True, check=True, env=dict(os.environ, KILN_BENCH_BODIES=str(bodies))
+    ).stdout
+    pattern = re.compile(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m)\s*$", re.M)
+    percentiles = {int(m[1]): float(m[2]) * _UNITS_MS[m[3]] for m in pattern.finditer(out)}
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(bad[1]) if bad else 0) + (sum(int(x) for x in socket_errors.groups()) if socket_errors else 0)
+    return {"rps": rps, "p50_ms": percentiles[50], "p99_ms": percentiles[99], "errors": errors}
+
+
 async def open_loop(url: str, texts: list[str], rate: float, duration_s: float) -> dict[str, Any]:
     """Poisson arrivals at ``rate`` req/s whatever the answers; counts 503s and other failures."""
     latencies: list[float] = []
@@ -330,6 +378,10 @@ def main() -> None:
     parser.add_argument("--soak-s", type=float, default=0.0, help="memory soak seconds (0: skip)")
     parser.add_argument("--plain-server", type=int, help=argparse.SUPPRESS)  # internal: serve plain on PORT
     parser.add_argument("--max-batch-size", type=int, default=32, help="batcher size (--monitoring)")
+    parser.add_argument(
+        "--client", choices=["httpx", "wrk"], default="wrk" if shutil.which("wrk") else "httpx",
+        help="closed-loop load generator (wrk when installed: it takes less of the shared CPUs)",
+    )  # fmt: skip
     parser.add_argument("--monitoring", action="store_true", help="measure monitoring on vs off instead")
     parser.add_argument("--rounds", type=int, default=2, help="off/on alternations (--monitoring)")
     args = parser.parse_args()
@@ -390,11 +442,11 @@ def main() -> None:
         )
         urls = {"kiln": kiln_base + "/v1/models/bench:predict", "plain": plain_base + "/v1/models/bench:predict"}
 
-        print(f"\nclosed loop{'':<14} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}")
+        print(f"\nclosed loop ({args.client}){'':<7} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}")
         closed: dict[tuple[str, int], dict[str, Any]] = {}
         for concurrency in args.concurrency:
             for name, url in urls.items():
-                closed[name, concurrency] = r = asyncio.run(closed_loop(url, texts, concurrency, args.duration_s))
+                closed[name, concurrency] = r = run_closed(args.client, url, texts, concurrency, args.duration_s, work)
                 row(f"{name} c={concurrency}", r, f"errors {r['errors']}")
 
         top_c = max(args.concurrency)
@@ -409,7 +461,7 @@ def main() -> None:
         over = asyncio.run(open_loop(urls["kiln"], texts, sustainable * 10, args.overload_s))
         row(f"kiln {sustainable * 10:.0f}/s", over, f"shed {over['shed']} failed {over['failed']}")
         is_up = kiln_server.poll() is None
-        after = asyncio.run(closed_loop(urls["kiln"], texts, 1, args.duration_s))
+        after = run_closed(args.client, urls["kiln"], texts, 1, args.duration_s, work)
         row("kiln c=1 after", after, f"errors {after['errors']}")
         before = closed["kiln", min(args.concurrency)]
         print(
@@ -473,7 +525,7 @@ def bench_monitoring(model: Path, work: Path, args: argparse.Namespace) -> None:
             for _ in range(args.rounds):
                 for label in ("off", "on"):
                     url = f"{servers[label][1]}/v1/models/bench:predict"
-                    r = asyncio.run(closed_loop(url, texts, concurrency, args.duration_s))
+                    r = run_closed(args.client, url, texts, concurrency, args.duration_s, work)
                     rps[label].append(r["rps"])
                     print(
                         f"{concurrency:>11} {label:>8} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} "

@@ -33,7 +33,7 @@ def test_client_predicts_sync_and_async_and_raises_on_errors(text_pkg: Path) -> 
 
 
 def test_client_retries_after_503_until_the_queue_has_room(text_pkg: Path) -> None:
-    batching = BatchingConfig(max_batch_size=1, max_queue_size=1)
+    batching = BatchingConfig(max_batch_size=1, max_queue_size=1, max_concurrent_batches=1)
     cfg = ServeConfig(models=[ModelConfig(versions={1: str(text_pkg)}, batching=batching)])
     with serving(cfg) as srv:
         gate = hold_model(srv, "sentiment")

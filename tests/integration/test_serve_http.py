@@ -217,7 +217,8 @@ def test_serve_metrics_report_requests_latency_batches_and_models(server: Any) -
 
 
 def test_serve_batches_requests_that_arrive_while_the_model_is_busy(text_pkg: Path) -> None:
-    with serving(config(model(text_pkg))) as srv:
+    one_at_a_time = BatchingConfig(max_concurrent_batches=1)
+    with serving(config(model(text_pkg, batching=one_at_a_time))) as srv:
         gate = hold_model(srv, "sentiment")
         with ThreadPoolExecutor(8) as pool:
             first = pool.submit(srv.post, "/v1/models/sentiment:predict", {"inputs": ["one"]})
@@ -235,7 +236,7 @@ def test_serve_batches_requests_that_arrive_while_the_model_is_busy(text_pkg: Pa
 
 
 def test_serve_sheds_load_with_503_and_retry_after_when_the_queue_is_full(text_pkg: Path) -> None:
-    batching = BatchingConfig(max_batch_size=1, max_queue_size=2)
+    batching = BatchingConfig(max_batch_size=1, max_queue_size=2, max_concurrent_batches=1)
     with serving(config(model(text_pkg, batching=batching))) as srv:
         gate = hold_model(srv, "sentiment")
         with ThreadPoolExecutor(4) as pool:

@@ -93,7 +93,9 @@ class Batcher:
         self.clock = clock
         self._queue: collections.deque[Any] = collections.deque()
         self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(config.max_concurrent_batches)
+        # The repository resolves "one per core"; a batcher built directly runs one at a time.
+        self._concurrency = config.max_concurrent_batches or 1
+        self._slots = asyncio.Semaphore(self._concurrency)
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._is_closed = False
@@ -167,7 +169,7 @@ class Batcher:
         """Seconds a refused client should wait: about the time to work off the queue."""
         per_batch = self._compute_ewma_s or 0.05
         batches = max(1.0, self.depth / self.config.max_batch_size)
-        return max(1.0, per_batch * batches / self.config.max_concurrent_batches)
+        return max(1.0, per_batch * batches / self._concurrency)
 
     def queue_delay_s(self, size: int) -> float:
         """How long a batch of ``size`` inputs waits for more before it is dispatched.

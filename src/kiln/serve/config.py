@@ -19,6 +19,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity, not the machine's count)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class BatchingConfig(_Section):
     # Dynamic batching on (default) or one inference call per request.
     enabled: bool = True
@@ -32,10 +42,17 @@ class BatchingConfig(_Section):
     adaptive: bool = True
     # Most requests waiting in the queue; beyond it requests get 503 with Retry-After.
     max_queue_size: int = Field(default=256, ge=1)
-    # Batches computed at the same time (threads of this model's executor).
-    max_concurrent_batches: int = Field(default=1, ge=1)
+    # Batches computed at the same time (threads of this model's executor); empty: one per CPU
+    # core left after each batch's intra-op threads (cores // (num_threads * workers)).
+    max_concurrent_batches: int | None = Field(default=None, ge=1)
     # Sort a batch's texts by token length and run chunks of this many, so padding stays short.
-    compute_chunk_size: int = Field(default=16, ge=1)
+    compute_chunk_size: int = Field(default=4, ge=1)
+
+    def concurrency(self, *, num_threads: int, workers: int) -> int:
+        """``max_concurrent_batches``, or the number that keeps every core busy without oversubscribing."""
+        if self.max_concurrent_batches is not None:
+            return self.max_concurrent_batches
+        return max(1, available_cpus() // max(1, num_threads * workers))
 
     @model_validator(mode="after")
     def _check_preferred(self) -> BatchingConfig:

@@ -236,9 +236,9 @@ class ModelRepository:
                 logger.exception("prediction observer %r failed", observer)
 
     def _start_version(self, served: ServedModel, cfg: BatchingConfig) -> LoadedVersion:
-        executor = ThreadPoolExecutor(
-            max_workers=cfg.max_concurrent_batches, thread_name_prefix=f"kiln-{served.name}"
-        )
+        concurrency = cfg.concurrency(num_threads=self.config.num_threads, workers=self.config.workers)
+        cfg = cfg.model_copy(update={"max_concurrent_batches": concurrency})
+        executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"kiln-{served.name}")
         labels = (served.name, str(served.version))
 
         async def handler(inputs: list[Any]) -> list[dict[str, Any]]:

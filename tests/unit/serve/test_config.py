@@ -74,3 +74,14 @@ def test_is_loopback(host: str, expected: bool) -> None:
 )
 def test_bearer_token_reads_only_bearer_headers(header: str | None, token: str | None) -> None:
     assert bearer_token(header) == token
+
+
+def test_concurrent_batches_default_to_one_per_core_left_by_intra_op_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kiln.serve.config as serve_config
+
+    monkeypatch.setattr(serve_config, "available_cpus", lambda: 8)
+    auto = serve_config.BatchingConfig()
+    assert auto.concurrency(num_threads=1, workers=1) == 8
+    assert auto.concurrency(num_threads=2, workers=2) == 2
+    assert auto.concurrency(num_threads=16, workers=1) == 1
+    assert serve_config.BatchingConfig(max_concurrent_batches=3).concurrency(num_threads=1, workers=1) == 3
