@@ -38,7 +38,11 @@ def server(rec_pkg: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ig
     text = make_text_package(tmp_path_factory.mktemp("text") / "sentiment")
     config = ServeConfig(
         models=[
-            ModelConfig(name="movies", versions={1: str(rec_pkg)}, batching=BatchingConfig(max_queue_delay_ms=50, max_concurrent_batches=1)),
+            ModelConfig(
+                name="movies",
+                versions={1: str(rec_pkg)},
+                batching=BatchingConfig(max_queue_delay_ms=50, max_concurrent_batches=1),
+            ),
             ModelConfig(name="sentiment", versions={1: str(text)}),
         ]
     )
