@@ -249,11 +249,14 @@ def test_serve_sheds_load_with_503_and_retry_after_when_the_queue_is_full(text_p
             batcher = srv.repository.route("sentiment").batcher
             wait_until(lambda: batcher.depth == 2, what="a full queue")
             shed = srv.post("/v1/models/sentiment:predict", {"inputs": ["x"]})
+            # Refused before the body is read: even a body that is not JSON gets the 503.
+            unread = httpx.post(srv.url + "/v1/models/sentiment:predict", content=b"{not json", timeout=30)
+            v2_shed = srv.post("/v2/models/sentiment/infer", {"inputs": []})
             gate.release.set()
             assert [f.result().status_code for f in held] == [200] * 3
-        assert shed.status_code == 503
+        assert shed.status_code == unread.status_code == v2_shed.status_code == 503
         assert int(shed.headers["Retry-After"]) >= 1
-        assert "queue full" in shed.json()["error"]
+        assert "queue full" in shed.json()["error"] and "queue full" in unread.json()["error"]
         assert srv.post("/v1/models/sentiment:predict", {"inputs": ["x"]}).status_code == 200
 
 

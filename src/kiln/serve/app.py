@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -144,6 +145,7 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
 
     attach_monitoring(app, config.monitor)
     app.add_middleware(BodyLimit, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(EarlyShed, service=service)
     return app
 
 
@@ -177,6 +179,37 @@ def _http_error_response(exc: StarletteHTTPException) -> JSONResponse:
     if exc.status_code == 400 and "parsing the body" in message:
         message = "body: not valid JSON (it could not be decoded)"
     return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+
+_PREDICT_PATH = re.compile(
+    r"^/(?:v1/models/(?P<rest>[^/:]+)(?:/versions/(?P<rest_version>\d+))?:predict"
+    r"|v2/models/(?P<v2>[^/]+)(?:/versions/(?P<v2_version>\d+))?/infer)$"
+)
+
+
+class EarlyShed:
+    """Refuse a predict request with 503 before its body is read when its model's queue is full."""
+
+    def __init__(self, app: ASGIApp, *, service: InferenceService) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = _PREDICT_PATH.match(scope["path"])
+            if match is not None:
+                version = match["rest_version"] or match["v2_version"]
+                authorization = dict(scope["headers"]).get(b"authorization")
+                problem = self.service.shed_early(
+                    match["rest"] or match["v2"],
+                    int(version) if version else None,
+                    authorization.decode("latin-1") if authorization else None,
+                )
+                if problem is not None:
+                    response = JSONResponse({"error": problem.message}, 503, headers=problem.headers)
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:

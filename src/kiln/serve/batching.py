@@ -18,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -230,14 +231,29 @@ class Batcher:
                 return None
             first = item
         batch = [first]
-        size = self._gather_ready(batch, len(first.inputs))
-        if not self._has_seen_stop and not self._is_dispatchable(size):
-            await self._gather_until(batch, size, self.queue_delay_s(size))
+        limit = self._share(len(first.inputs))
+        size = self._gather_ready(batch, len(first.inputs), limit)
+        if not self._has_seen_stop and not self._is_dispatchable(size, limit):
+            await self._gather_until(batch, size, self.queue_delay_s(size), limit)
         return batch
 
-    def _gather_ready(self, batch: list[_Pending], size: int) -> int:
-        """Move already-queued requests into ``batch`` until it is full."""
-        while self._queue and size < self.config.max_batch_size and self._carry is None:
+    def _share(self, first_size: int) -> int:
+        """The batch size to aim for: the queue split over the slots that are free now.
+
+        With one batch in flight per core, a closed loop of fewer clients than
+        ``max_batch_size`` would otherwise queue up behind one batch while the other cores
+        idle; split, the waiting inputs run side by side and at light load nothing waits.
+        """
+        free_others = self._concurrency - len(self._running) - 1
+        if free_others <= 0:
+            return self.config.max_batch_size
+        queued = first_size + sum(len(item.inputs) for item in self._queue if item is not _STOP)
+        return max(1, min(self.config.max_batch_size, math.ceil(queued / (free_others + 1))))
+
+    def _gather_ready(self, batch: list[_Pending], size: int, limit: int | None = None) -> int:
+        """Move already-queued requests into ``batch`` until it holds ``limit`` inputs."""
+        limit = limit or self.config.max_batch_size
+        while self._queue and size < limit and self._carry is None:
             item = self._queue[0]
             if item is _STOP:
                 self._queue.popleft()
@@ -250,9 +266,9 @@ class Batcher:
             size += len(item.inputs)
         return size
 
-    async def _gather_until(self, batch: list[_Pending], size: int, delay_s: float) -> int:
+    async def _gather_until(self, batch: list[_Pending], size: int, delay_s: float, limit: int) -> int:
         end = self.clock() + delay_s
-        while self._carry is None and not self._has_seen_stop and not self._is_dispatchable(size):
+        while self._carry is None and not self._has_seen_stop and not self._is_dispatchable(size, limit):
             remaining = end - self.clock()
             if remaining <= 0.0:
                 break
@@ -261,11 +277,11 @@ class Batcher:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):
                         await self._wakeup.wait()
-            size = self._gather_ready(batch, size)
+            size = self._gather_ready(batch, size, limit)
         return size
 
-    def _is_dispatchable(self, size: int) -> bool:
-        if size >= self.config.max_batch_size:
+    def _is_dispatchable(self, size: int, limit: int) -> bool:
+        if size >= limit:
             return True
         return size in self.config.preferred_batch_sizes and not self._queue
 

@@ -122,6 +122,30 @@ class InferenceService:
             self.metrics.requests.labels(name, "" if version is None else str(version), "404").inc()
             raise HTTPProblem(404, str(exc)) from None
 
+    def shed_early(self, name: str, version: int | None, authorization: str | None) -> HTTPProblem | None:
+        """A 503 for a predict request whose every candidate version has a full queue, else None.
+
+        Checked before the body is read: under overload, refusing must cost far less than
+        answering, or the refusals eat the CPU the model needs. Anything else (unknown model,
+        missing token, room in a queue) goes the normal way and gets its normal answer.
+        """
+        try:
+            entry = self.repository.entry(name)
+        except UnknownModelError:
+            return None
+        versions = [entry.versions.get(version)] if version is not None else list(entry.versions.values())
+        if not versions or any(v is None or v.batcher.depth < v.batcher.config.max_queue_size for v in versions):
+            return None  # room somewhere (or an unknown version): the normal path answers
+        try:
+            self.authorize(authorization, is_management=False)
+        except HTTPProblem:
+            return None
+        full = versions[0]
+        assert full is not None
+        self.metrics.requests.labels(name, str(full.model.version), "503").inc()
+        message = f"model {name}: queue full ({full.batcher.config.max_queue_size} requests waiting)"
+        return HTTPProblem(503, message, {"Retry-After": str(math.ceil(full.batcher.retry_after_s()))})
+
     async def predict(
         self,
         loaded: LoadedVersion,

@@ -69,6 +69,32 @@ async def test_batcher_groups_requests_that_queue_while_a_batch_computes() -> No
     assert [r.batch_size for r in results] == [1, 3, 3, 3]
 
 
+async def test_batcher_splits_waiting_requests_over_free_slots() -> None:
+    """Two slots: what queued behind a held batch is shared between the two slots, in order."""
+    handler = HeldHandler(hold=1)
+    batcher = Batcher(handler, config(max_concurrent_batches=2))
+    first = asyncio.create_task(batcher.submit([0]))
+    rest = [asyncio.create_task(batcher.submit([x])) for x in range(1, 7)]
+    batcher.start()  # seven requests wait: 7 over 2 free slots -> batches of 4 and 3
+    await handler.started.wait()
+    await settle()
+    assert handler.batches == [[0, 1, 2, 3], [4, 5, 6]]  # the second ran while the first is held
+    handler.release.set()
+    results = await asyncio.gather(first, *rest)
+    await batcher.stop()
+    assert [r.outputs for r in results] == [[x * 10] for x in range(7)]
+
+
+async def test_batcher_with_free_slots_sends_a_lone_request_at_once() -> None:
+    handler = HeldHandler(hold=0)
+    # A one-hour fixed delay would hold a lone request with one slot; with two it goes at once.
+    batcher = Batcher(handler, config(max_concurrent_batches=2, max_queue_delay_ms=3_600_000.0))
+    batcher.start()
+    result = await asyncio.wait_for(batcher.submit([5]), timeout=10)
+    await batcher.stop()
+    assert result.outputs == [50] and handler.batches == [[5]]
+
+
 async def test_batcher_splits_at_max_batch_size_and_keeps_request_order() -> None:
     handler = HeldHandler()
     batcher = Batcher(handler, config(max_batch_size=3))
