@@ -14,7 +14,7 @@ measures, and prints with the ratios issue 5's goals name:
 - with ``--monitoring``: throughput with the prediction log and drift on vs off (goal >= 0.97).
 
     python bench/serve.py --package PATH            # an int8 ONNX MiniLM package, say
-    python bench/serve.py --monitoring --package PATH --duration-s 20 --rounds 3
+    python bench/serve.py --monitoring --package PATH --duration-s 30 --rounds 2
     python bench/serve.py                           # an untrained BERT package built here
     python bench/serve.py --size tiny --duration-s 1 --ceiling-s 0.5 --concurrency 1 4 \
         --rates 0.5 1 --batch-sizes 1 8 --threads 1 --sessions 1 --overload-s 1 --soak-s 2  # smoke
@@ -540,8 +540,9 @@ def bench_monitoring(model: Path, work: Path, args: argparse.Namespace) -> None:
 
     Monitoring is a server-wide setting, so one server runs with it off and one with it on
     (100% sampling, drift with the embedding projection against a reference profile written
-    into a copy of the package, the default settings: drift every 10 s over 500 rows). The
-    rows alternate off/on ``--rounds`` times to spread the noise of a shared machine.
+    into a copy of the package, the default settings: drift every 30 s over the last 500 rows,
+    100 of them re-encoded). Rows of at least 30 s hold a drift pass each. The rows alternate
+    off/on ``--rounds`` times to spread the noise of a shared machine.
     """
     from kiln.monitor.profile import write_reference_profile
 

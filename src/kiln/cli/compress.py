@@ -38,7 +38,7 @@ def compress(
         str | None, typer.Option("--register", help="Register every package made under this model name")
     ] = None,
 ) -> None:
-    """Compress a package step by step (distill, onnx, quantize-dynamic, quantize-static,
+    """Compress a package step by step (distill, vocab, onnx, quantize-dynamic, quantize-static,
     quantize-torch, cast, sparsity, prune) and print each package written with its metrics; or,
     with --target-latency-ms and --max-accuracy-drop, search for the smallest package within
     that budget (exit status 2 when none meets it)."""

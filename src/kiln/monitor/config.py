@@ -60,7 +60,7 @@ class MonitorConfig(_Section):
     # Share of requests logged (1.0 logs all, fine at low traffic).
     sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     # Seconds between writes of buffered records to a new Parquet file.
-    flush_interval_s: float = Field(default=1.0, gt=0)
+    flush_interval_s: float = Field(default=2.0, gt=0)
     # Most records buffered in memory; beyond it new records are dropped (and counted).
     max_buffer_rows: int = Field(default=100_000, ge=1)
     # Size limit of the log folder's Parquet files; the oldest are deleted beyond it.
@@ -71,10 +71,11 @@ class MonitorConfig(_Section):
     window_rows: int = Field(default=500, ge=10)
     # Fewest inputs in a window before drift is computed.
     min_window_rows: int = Field(default=50, ge=5)
-    # Seconds between drift and alert evaluations.
-    eval_interval_s: float = Field(default=10.0, gt=0)
+    # Seconds between drift and alert evaluations (each pass takes CPU from serving: see
+    # bench/RESULTS.md for the cost of these defaults at full load).
+    eval_interval_s: float = Field(default=30.0, gt=0)
     # Most window inputs re-encoded per evaluation for the embedding projection (0 turns it off).
-    embed_rows: int = Field(default=200, ge=0)
+    embed_rows: int = Field(default=100, ge=0)
     # URL every alert change is POSTed to as JSON; none when empty.
     webhook_url: str | None = None
     # Seconds before a webhook delivery gives up.

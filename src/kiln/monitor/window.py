@@ -55,7 +55,7 @@ def evaluate_window(
     profile: dict[str, Any] | None,
     predictor: Predictor | None,
     true_label: Callable[[str, int], str | None] = lambda _r, _i: None,
-    embed_rows: int = 200,
+    embed_rows: int = 100,
 ) -> WindowReport:
     """Compare a window with the reference profile and measure its traffic and accuracy."""
     values = _traffic_values(rows)
