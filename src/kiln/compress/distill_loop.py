@@ -88,9 +88,12 @@ def distill_model(
 
     if len(data.token_ids) == 0:
         raise ValueError("no training texts to distil on")
+    from kiln.train.loop import epoch_order
+
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     device = pick_device(None)
+    lengths = np.array([len(ids) for ids in data.token_ids]) if cfg.group_by_length else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     teacher.to(device).eval()
     student.to(device).train()
     wants_hidden, wants_attention = cfg.hidden_weight > 0, cfg.attention_weight > 0
@@ -112,7 +115,7 @@ def distill_model(
     while step < total:
         sums = {"loss": 0.0, "soft": 0.0, "hard": 0.0, "hidden": 0.0, "attention": 0.0}
         batches = 0
-        order = rng.permutation(len(data.token_ids))
+        order = epoch_order(len(data.token_ids), seed, len(history), lengths=lengths, batch_size=cfg.batch_size)
         for begin in range(0, len(order), cfg.batch_size):
             if step >= total:
                 break
@@ -121,10 +124,11 @@ def distill_model(
             tensors = {k: torch.from_numpy(v).to(device) for k, v in features.items()}
             labels = torch.from_numpy(data.labels[index]).to(device)
             extra = {"output_hidden_states": wants_hidden, "output_attentions": wants_attention}
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 t_out = teacher(**tensors, **extra)
-            s_out = student(**tensors, **extra)
-            parts = {"soft": soft_target_loss(s_out.logits, t_out.logits, cfg.temperature)}
+            with autocast:
+                s_out = student(**tensors, **extra)
+            parts = {"soft": soft_target_loss(s_out.logits.float(), t_out.logits.float(), cfg.temperature)}
             labelled = labels != UNLABELLED
             if alpha < 1.0 and bool(labelled.any()):
                 parts["hard"] = torch.nn.functional.cross_entropy(
@@ -176,7 +180,7 @@ def _hidden_loss(s_out: Any, t_out: Any, projection: Any, layer_map: list[int], 
     pairs = [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(layer_map)]  # 0: embeddings
     total = 0.0
     for s_idx, t_idx in pairs:
-        diff = (projection(s_out.hidden_states[s_idx]) - t_out.hidden_states[t_idx]) ** 2
+        diff = (projection(s_out.hidden_states[s_idx].float()) - t_out.hidden_states[t_idx].float()) ** 2
         total = total + (diff.mean(dim=-1) * mask).sum() / mask.sum()
     return total / len(pairs)
 
@@ -186,7 +190,7 @@ def _attention_loss(s_out: Any, t_out: Any, layer_map: list[int]) -> Any:
 
     total = 0.0
     for i, t_idx in enumerate(layer_map):
-        s_att, t_att = s_out.attentions[i], t_out.attentions[t_idx]
+        s_att, t_att = s_out.attentions[i].float(), t_out.attentions[t_idx].float()
         if s_att.shape[1] != t_att.shape[1]:
             s_att, t_att = s_att.mean(dim=1), t_att.mean(dim=1)
         total = total + F.mse_loss(s_att, t_att)

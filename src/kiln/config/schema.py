@@ -268,6 +268,10 @@ class DistillConfig(_Section):
     unlabelled_file: str | None = None
     # Train on the soft targets only, ignoring labels (alpha is then taken as 1).
     ignore_labels: bool = False
+    # Teacher and student forward passes under bf16 autocast (fast on CPUs with AMX / bf16).
+    precision: Literal["fp32", "bf16"] = "fp32"
+    # Batch texts of similar token length together (less padding), as train.group_by_length.
+    group_by_length: bool = True
 
 
 class CompressConfig(_Section):

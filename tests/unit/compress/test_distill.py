@@ -48,7 +48,10 @@ def test_distill_student_is_smaller_with_lineage_and_falling_loss(
     assert {p["label"] for p in predictions} <= set(teacher_manifest["labels"])
 
 
-def test_distill_tinybert_transfer_runs_with_narrower_student(text_package: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_distill_tinybert_transfer_runs_with_narrower_student(
+    text_package: Path, tmp_path: Path, precision: str
+) -> None:
     result = distill(
         text_package,
         tmp_path / "out",
@@ -61,7 +64,9 @@ def test_distill_tinybert_transfer_runs_with_narrower_student(text_package: Path
         epochs=3,
         lr=1e-3,
         batch_size=8,
+        precision=precision,
     )
+    assert result.manifests[0]["lineage"]["settings"]["precision"] == precision
     report = result.manifests[0]["metrics"]["distillation"]
     assert (report["hidden_size"], report["num_heads"], report["intermediate_size"]) == (64, 1, 128)
     history = report["loss_history"]
