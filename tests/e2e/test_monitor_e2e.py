@@ -4,6 +4,8 @@ is checked in headless Chromium."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +97,10 @@ def test_monitor_drift_fires_on_headlines_not_on_reviews(sentiment: dict[str, An
 def test_monitor_dashboard_pages_in_chromium(sentiment: dict[str, Any], tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
+    # Kept after the run as test artifacts (CI can upload the folder); KILN_TEST_ARTIFACTS moves it.
+    shots = Path(os.environ.get("KILN_TEST_ARTIFACTS", "test-artifacts")) / "screenshots"
+    shutil.rmtree(shots, ignore_errors=True)
+    shots.mkdir(parents=True)
     with webhook_receiver() as (hook, _received), serving(_config(sentiment["package"], tmp_path / "log", hook)) as srv:
         _stream(srv, _guardian_headlines()[:WINDOW])
         srv.app.state.monitor.evaluate()
