@@ -47,11 +47,13 @@ def bench_recommend(home: Path) -> list[str]:
     rows, reports = [], {}
     for model in ("popularity", "bpr-mf", "two-tower"):
         result, seconds = run_recipe("recommend", home, f"recommend.model={model}")
-        reports[model] = result.report
-        rows.append((model, result.report, seconds, _size(result.package_dir)))
+        trained = result.packages[0]
+        report = json.loads((trained.eval_dir / "report.json").read_text())
+        reports[model] = report
+        rows.append((model, report, seconds, _size(trained.path)))
         if model == "two-tower":
-            int8_dir = result.package_dir.parent / "package-int8"
-            quantize_embedding_tables(result.package_dir, int8_dir)
+            int8_dir = trained.path.parent / "package-int8"
+            quantize_embedding_tables(trained.path, int8_dir)
             evaluated = kiln.evaluate.run(kiln.evaluate.EvaluationConfig(package=int8_dir))
             rows.append(("two-tower, int8 embeddings", evaluated.report, 0.0, _size(int8_dir)))
     lines = [
@@ -99,17 +101,23 @@ def bench_digits(home: Path) -> list[str]:
 
 def bench_classifier(name: str, title: str, home: Path) -> list[str]:
     result, seconds = run_recipe(name, home)
-    report = result.report
     lines = [
         f"### {title}",
         "",
-        "| accuracy | macro-F1 | ECE | test n | train+eval s |",
-        "|---|---|---|---|---|",
-        f"| {report['accuracy']:.4f} | {report['macro_f1']:.4f} | {report['ece']:.4f} "
-        f"| {report['n']} | {seconds:.0f} |",
+        "| package | accuracy | macro-F1 | ECE | test n | p99 ms (batch 1) | MB |",
+        "|---|---|---|---|---|---|---|",
     ]
-    if "support" in report:
-        support = report["support"]
+    for package in result.packages:
+        report = json.loads((package.eval_dir / "report.json").read_text())
+        manifest = json.loads((package.path / "kiln.json").read_text())
+        lines.append(
+            f"| {package.step} ({manifest['format']} {manifest['precision']}) | {report['accuracy']:.4f} "
+            f"| {report['macro_f1']:.4f} | {report['ece']:.4f} | {report['n']} "
+            f"| {package.metrics['p99_latency_ms']:.2f} | {_size(package.path):.2f} |"
+        )
+    lines.append(f"\n`kiln run` (train, compress, evaluate every package, register): {seconds:.0f} s.")
+    if result.app_report is not None:  # the support app: hand-off calibration
+        support = result.app_report
         lines.append(
             f"\nHand-off threshold {support['threshold']:.3f} (calibrated on validation for "
             f"{support['target_accuracy']:.0%} answered accuracy): test hand-off rate "
