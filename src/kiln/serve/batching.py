@@ -148,11 +148,8 @@ class Batcher:
         """
         if self._is_closed or self._task is None:
             raise BatcherStoppedError(f"model {self.name} is not accepting requests")
-        if self.depth >= self.config.max_queue_size:
-            raise QueueFullError(
-                f"model {self.name}: queue full ({self.config.max_queue_size} requests waiting)",
-                retry_after_s=self.retry_after_s(),
-            )
+        if self.is_full:
+            raise self.queue_full_error()
         now = self.clock()
         self._note_arrival(now, len(inputs))
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
@@ -165,6 +162,18 @@ class Batcher:
                 return await future
         except TimeoutError:
             raise DeadlineExceededError(f"model {self.name}: deadline exceeded") from None
+
+    @property
+    def is_full(self) -> bool:
+        """Whether a new request would be refused for lack of room in the queue."""
+        return self.depth >= self.config.max_queue_size
+
+    def queue_full_error(self) -> QueueFullError:
+        """The error a refused request gets: what is full and when to retry."""
+        return QueueFullError(
+            f"model {self.name}: queue full ({self.config.max_queue_size} requests waiting)",
+            retry_after_s=self.retry_after_s(),
+        )
 
     def retry_after_s(self) -> float:
         """Seconds a refused client should wait: about the time to work off the queue."""

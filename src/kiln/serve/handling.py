@@ -134,7 +134,7 @@ class InferenceService:
         except UnknownModelError:
             return None
         versions = [entry.versions.get(version)] if version is not None else list(entry.versions.values())
-        if not versions or any(v is None or v.batcher.depth < v.batcher.config.max_queue_size for v in versions):
+        if not versions or any(v is None or not v.batcher.is_full for v in versions):
             return None  # room somewhere (or an unknown version): the normal path answers
         try:
             self.authorize(authorization, is_management=False)
@@ -143,8 +143,7 @@ class InferenceService:
         full = versions[0]
         assert full is not None
         self.metrics.requests.labels(name, str(full.model.version), "503").inc()
-        message = f"model {name}: queue full ({full.batcher.config.max_queue_size} requests waiting)"
-        return HTTPProblem(503, message, {"Retry-After": str(math.ceil(full.batcher.retry_after_s()))})
+        return queue_full_problem(full.batcher.queue_full_error())
 
     async def predict(
         self,
@@ -199,9 +198,7 @@ class InferenceService:
             raise HTTPProblem(400, str(exc)) from None
         except QueueFullError as exc:
             status = 503
-            raise HTTPProblem(
-                503, str(exc), {"Retry-After": str(math.ceil(exc.retry_after_s))}
-            ) from None
+            raise queue_full_problem(exc) from None
         except BatcherStoppedError as exc:
             status = 503
             raise HTTPProblem(503, str(exc), {"Retry-After": "1"}) from None
@@ -215,6 +212,11 @@ class InferenceService:
         finally:
             self.metrics.in_flight.dec()
             self.metrics.requests.labels(*labels, str(status)).inc()
+
+
+def queue_full_problem(exc: QueueFullError) -> HTTPProblem:
+    """A full queue as 503 with the batcher's Retry-After."""
+    return HTTPProblem(503, str(exc), {"Retry-After": str(math.ceil(exc.retry_after_s))})
 
 
 def load_problem(exc: ModelLoadError) -> HTTPProblem:
