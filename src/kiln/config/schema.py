@@ -121,6 +121,12 @@ class TrainConfig(_Section):
     grad_accum_steps: int = Field(default=1, ge=1)
     # Peak learning rate of AdamW.
     lr: float = Field(default=5e-5, gt=0.0, le=1.0)
+    # Layer-wise learning-rate decay for transformer encoders: the top layer and the classifier
+    # head train at `lr`, each layer below at this factor times the one above, the embeddings
+    # last (1 turns it off; 0.8-0.95 suits fine-tuning a pretrained encoder on little data).
+    layer_lr_decay: float = Field(default=1.0, gt=0.0, le=1.0)
+    # Label smoothing of the training cross-entropy (validation loss stays unsmoothed).
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
     # AdamW decoupled weight decay (not applied to biases and norms).
     weight_decay: float = Field(default=0.01, ge=0.0)
     # Fraction of all steps spent in linear warmup.

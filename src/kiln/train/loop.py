@@ -70,9 +70,7 @@ class _State:
     samples_seen: int = 0
 
 
-def epoch_order(
-    n: int, seed: int, epoch: int, *, lengths: np.ndarray | None = None, batch_size: int = 1
-) -> np.ndarray:
+def epoch_order(n: int, seed: int, epoch: int, *, lengths: np.ndarray | None = None, batch_size: int = 1) -> np.ndarray:
     """The example order of one epoch: a permutation that depends only on seed and epoch.
 
     With ``lengths``, examples are grouped by length as HF Trainer's ``group_by_length`` does:
@@ -169,7 +167,9 @@ def fit(
                         target = torch.from_numpy(train_labels[micro]).to(info.device)
                         with autocast:
                             logits = logits_of(net, features)
-                        loss = F.cross_entropy(logits.float(), target, reduction="sum")
+                        loss = F.cross_entropy(
+                            logits.float(), target, reduction="sum", label_smoothing=cfg.label_smoothing
+                        )
                         (loss * (world / len(global_index))).backward()
                     step_loss += loss.item()
                 if cfg.max_grad_norm > 0:
@@ -381,4 +381,3 @@ def _save_weights_atomic(model: nn.Module, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     os.replace(tmp, path)
-

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from kiln.config.schema import Recipe
 from kiln.data.interactions import InteractionSplits, load_interactions, split_leave_last_out
+from kiln.errors import ConfigError
 from kiln.runtime.towers import (
     RecommenderNet,
     build_field_specs,
@@ -121,6 +122,11 @@ def _fit(
 ) -> tuple[int, int, dict[str, float]]:
     """Train with early stopping on validation NDCG@10; return (steps, best epoch count, best metrics)."""
     cfg = recipe.train
+    if cfg.layer_lr_decay != 1.0 or cfg.label_smoothing:
+        raise ConfigError(
+            "train.layer_lr_decay and train.label_smoothing apply to classifiers; "
+            "the recommender trains its two towers with an in-batch softmax and takes neither"
+        )
     rng = np.random.default_rng(recipe.seed)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best: dict[str, float] = {}
