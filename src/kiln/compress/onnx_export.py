@@ -55,14 +55,13 @@ def export_onnx(
     sample = parent_predictor.preprocessor(list(examples.eval_inputs[:2]))
     input_names = TEXT_INPUTS if arch["family"] == "hf" else IMAGE_INPUTS
     settings = cfg.model_dump(mode="json")
-    with child_package(
-        parent, parent_manifest, dest, transformation="onnx-export", settings=settings
-    ) as child:
+    with child_package(parent, parent_manifest, dest, transformation="onnx-export", settings=settings) as child:
         onnx_path = child.staging / ONNX_NAME
         _export(model, {k: sample[k] for k in input_names}, onnx_path, cfg)
-        optimized = False
-        if cfg.optimize and arch["family"] == "hf":
-            optimized = _optimize_bert(onnx_path, model.config, is_pruned="heads_per_layer" in arch)
+        fused: dict[str, int] = {}
+        optimized = cfg.optimize and arch["family"] == "hf"
+        if optimized:
+            fused = _optimize_bert(onnx_path, model.config, is_pruned="heads_per_layer" in arch)
         child.manifest.update(
             format="onnx",
             precision="fp32",
@@ -73,13 +72,13 @@ def export_onnx(
                 "inputs": list(input_names),
                 "opset": cfg.opset,
                 "optimized": optimized,
+                # Operators ONNX Runtime's transformer optimiser fused (Attention, SkipLayerNorm...).
+                "fused_operators": fused,
             },
         )
         child.finalize()
         onnx_predictor = kiln.runtime.load(child.staging, device="cpu", verify=False)
-        parity = compare_predictions(
-            parent_predictor, onnx_predictor, examples.eval_inputs, examples.eval_labels
-        )
+        parity = compare_predictions(parent_predictor, onnx_predictor, examples.eval_inputs, examples.eval_labels)
         parity["atol"] = cfg.parity_atol
         if parity["max_abs_logit_diff"] > cfg.parity_atol:
             raise CompressError(
@@ -122,22 +121,107 @@ def _export(model: Any, sample: dict[str, Any], path: Path, cfg: OnnxExportConfi
         )
 
 
-def _optimize_bert(path: Path, config: Any, *, is_pruned: bool) -> bool:
+def _optimize_bert(path: Path, config: Any, *, is_pruned: bool) -> dict[str, int]:
+    """Run ONNX Runtime's BERT optimiser in place; return the count of each fused operator."""
     from onnxruntime.transformers import optimizer
 
-    # num_heads / hidden_size 0 lets the optimiser read them from the graph; a pruned model's
-    # layers have different head counts, so the config's numbers would be wrong for it.
-    model = optimizer.optimize_model(
-        str(path),
-        model_type="bert",
-        num_heads=0 if is_pruned else int(config.num_attention_heads),
-        hidden_size=0 if is_pruned else int(config.hidden_size),
-        opt_level=None,
-    )
-    stats = model.get_fused_operator_statistics()
-    log.info("ONNX Runtime fusion: %s", {k: v for k, v in stats.items() if v})
+    fusion_log = logging.getLogger("fusion_attention")
+    level = fusion_log.level
+    if is_pruned:
+        # Pruned layers keep different numbers of heads, so no single num_heads fits them all;
+        # the optimiser reads each layer's count from its Q reshape once the graph spells it out.
+        _pin_head_counts(path, int(config.hidden_size) // int(config.num_attention_heads))
+        # It then warns, for every layer, that heads x head size differs from the model width,
+        # which is what pruning heads means; the fused count is logged below instead.
+        fusion_log.setLevel(logging.ERROR)
+    try:
+        model = optimizer.optimize_model(
+            str(path),
+            model_type="bert",
+            num_heads=0 if is_pruned else int(config.num_attention_heads),
+            hidden_size=0 if is_pruned else int(config.hidden_size),
+            opt_level=None,
+        )
+    finally:
+        fusion_log.setLevel(level)
+    stats = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+    log.info("ONNX Runtime fusion: %s", stats)
     model.save_model_to_file(str(path))
-    return True
+    return stats
+
+
+def _pin_head_counts(path: Path, head_size: int) -> int:
+    """Write each attention layer's head count into its ``(batch, seq, -1, head_size)`` reshapes.
+
+    transformers reshapes Q, K and V to ``(*input_shape, -1, head_size)``; the ``-1`` hides the
+    head count from ONNX Runtime's attention fusion. The count is the projection's output width
+    divided by ``head_size``, read from the MatMul weight that feeds the reshape. Each rewritten
+    reshape gets its own shape Concat, so no other reshape sharing one changes. Returns how many
+    reshapes were pinned.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    producer: dict[str, Any] = {}
+    constants: dict[str, Any] = {}
+    for node in graph.node:
+        for out in node.output:
+            producer[out] = node
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+
+    def value(name: str) -> Any:
+        # The exporter shares identical initializers through Identity nodes.
+        while name not in initializers and (node := producer.get(name)) is not None and node.op_type == "Identity":
+            name = node.input[0]
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name])
+        return constants.get(name)
+
+    def projection_width(name: str) -> int | None:
+        node = producer.get(name)
+        while node is not None and node.op_type in ("Add", "MatMul"):
+            if node.op_type == "MatMul":
+                weight = value(node.input[1])
+                return int(weight.shape[1]) if weight is not None and weight.ndim == 2 else None
+            inputs = [i for i in node.input if value(i) is None]
+            node = producer.get(inputs[0]) if len(inputs) == 1 else None
+        return None
+
+    nodes, pinned = [], 0
+    for node in graph.node:
+        concat = producer.get(node.input[1]) if node.op_type == "Reshape" else None
+        if concat is not None and concat.op_type == "Concat" and len(concat.input) == 4:
+            heads, size = value(concat.input[2]), value(concat.input[3])
+            width = projection_width(node.input[0])
+            if (
+                heads is not None
+                and size is not None
+                and heads.size == size.size == 1
+                and int(heads.reshape(-1)[0]) == -1
+                and int(size.reshape(-1)[0]) == head_size
+                and width is not None
+                and width % head_size == 0
+            ):
+                count = f"kiln_num_heads_{width // head_size}"
+                if count not in initializers:
+                    tensor = numpy_helper.from_array(np.full(heads.shape, width // head_size, heads.dtype), count)
+                    graph.initializer.append(tensor)
+                    initializers[count] = tensor
+                shape = f"{node.input[1]}_kiln_{pinned}"
+                inputs = [concat.input[0], concat.input[1], count, concat.input[3]]
+                nodes.append(helper.make_node("Concat", inputs, [shape], axis=0, name=f"kiln_heads_concat_{pinned}"))
+                node.input[1] = shape
+                pinned += 1
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(path))
+    return pinned
 
 
 def _logits_module(model: Any) -> Any:

@@ -31,9 +31,7 @@ SENTENCES_LABELLED = (
 
 def text_examples() -> Examples:
     texts, labels = SENTENCES_LABELLED
-    return Examples(
-        eval_inputs=texts, eval_labels=labels, train_inputs=texts * 3, train_labels=labels * 3
-    )
+    return Examples(eval_inputs=texts, eval_labels=labels, train_inputs=texts * 3, train_labels=labels * 3)
 
 
 def image_examples() -> Examples:
@@ -43,9 +41,7 @@ def image_examples() -> Examples:
 
 
 def test_onnx_export_text_matches_torch_logits(text_package: Path, tmp_path: Path) -> None:
-    result = kiln.compress.run(
-        text_package, output_dir=tmp_path / "out", steps=["onnx"], examples=text_examples()
-    )
+    result = kiln.compress.run(text_package, output_dir=tmp_path / "out", steps=["onnx"], examples=text_examples())
     manifest = result.manifests[0]
     assert manifest["format"] == "onnx"
     assert set(manifest["files"]) == {"model.onnx", "tokenizer.json"}
@@ -53,21 +49,17 @@ def test_onnx_export_text_matches_torch_logits(text_package: Path, tmp_path: Pat
     assert parity["max_abs_logit_diff"] <= 1e-4
     assert parity["prediction_agreement"] == 1.0
     assert manifest["architecture"]["optimized"] is True
+    # Every encoder layer's attention fused into one ONNX Runtime Attention operator.
+    assert manifest["architecture"]["fused_operators"]["Attention"] == 2
 
 
 def test_onnx_export_image_matches_torch_logits(image_package: Path, tmp_path: Path) -> None:
-    result = kiln.compress.run(
-        image_package, output_dir=tmp_path / "out", steps=["onnx"], examples=image_examples()
-    )
+    result = kiln.compress.run(image_package, output_dir=tmp_path / "out", steps=["onnx"], examples=image_examples())
     assert result.manifests[0]["metrics"]["parity"]["max_abs_logit_diff"] <= 1e-4
 
 
-def test_onnx_package_predicts_any_batch_and_length_like_torch(
-    text_package: Path, tmp_path: Path
-) -> None:
-    result = kiln.compress.run(
-        text_package, output_dir=tmp_path / "out", steps=["onnx"], examples=text_examples()
-    )
+def test_onnx_package_predicts_any_batch_and_length_like_torch(text_package: Path, tmp_path: Path) -> None:
+    result = kiln.compress.run(text_package, output_dir=tmp_path / "out", steps=["onnx"], examples=text_examples())
     texts = ["short", "a much longer sentence with many more words than the first one has"] * 3
     torch_probs = kiln.runtime.load(text_package, device="cpu").predict_proba(texts)
     onnx_probs = kiln.runtime.load(result.packages[0], num_threads=1).predict_proba(texts)
@@ -135,9 +127,7 @@ def test_onnx_int8_image_agrees_with_fp32(image_package: Path, tmp_path: Path) -
 
 
 def test_torch_int8_reloads_in_fresh_process(text_package: Path, tmp_path: Path) -> None:
-    result = kiln.compress.run(
-        text_package, output_dir=tmp_path, steps=["quantize-torch"], examples=text_examples()
-    )
+    result = kiln.compress.run(text_package, output_dir=tmp_path, steps=["quantize-torch"], examples=text_examples())
     manifest = result.manifests[0]
     assert manifest["precision"] == "int8"
     assert manifest["metrics"]["agreement"]["max_abs_logit_diff"] < 0.05
@@ -150,9 +140,7 @@ def test_torch_int8_reloads_in_fresh_process(text_package: Path, tmp_path: Path)
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_cast_writes_half_precision_weights(text_package: Path, tmp_path: Path, dtype: str) -> None:
     cfg = CompressConfig.model_validate({"cast": {"dtype": dtype}})
-    result = kiln.compress.run(
-        text_package, output_dir=tmp_path, steps=["cast"], config=cfg, examples=text_examples()
-    )
+    result = kiln.compress.run(text_package, output_dir=tmp_path, steps=["cast"], config=cfg, examples=text_examples())
     parent_size = (text_package / "model.safetensors").stat().st_size
     child_size = (result.packages[0] / "model.safetensors").stat().st_size
     assert child_size < 0.6 * parent_size
@@ -182,9 +170,7 @@ def test_sparsity_reaches_target(image_package: Path, tmp_path: Path, target: fl
 
 def test_prune_removes_heads_and_neurons_and_reloads(text_package: Path, tmp_path: Path) -> None:
     cfg = CompressConfig(prune=PruneConfig(heads_fraction=0.5, ffn_fraction=0.25))
-    result = kiln.compress.run(
-        text_package, output_dir=tmp_path, steps=["prune"], config=cfg, examples=text_examples()
-    )
+    result = kiln.compress.run(text_package, output_dir=tmp_path, steps=["prune"], config=cfg, examples=text_examples())
     manifest = result.manifests[0]
     stats = manifest["metrics"]["pruning"]
     assert (stats["heads_before"], stats["heads_after"]) == (4, 2)
@@ -198,25 +184,31 @@ def test_prune_removes_heads_and_neurons_and_reloads(text_package: Path, tmp_pat
     assert probs.shape == (1, 2)
 
 
-def test_pruned_package_exports_to_onnx(text_package: Path, tmp_path: Path) -> None:
+def test_pruned_package_exports_to_onnx_with_fused_attention(text_package: Path, tmp_path: Path) -> None:
+    import onnx
+
+    cfg = CompressConfig(prune=PruneConfig(heads_fraction=0.25, ffn_fraction=0.25))
     result = kiln.compress.run(
-        text_package, output_dir=tmp_path, steps=["prune", "onnx"], examples=text_examples()
+        text_package, output_dir=tmp_path, steps=["prune", "onnx"], config=cfg, examples=text_examples()
     )
+    heads = result.manifests[0]["architecture"]["heads_per_layer"]
+    assert sorted(heads) == [1, 2]  # the layers keep different head counts
     assert result.manifests[1]["metrics"]["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert result.manifests[1]["architecture"]["fused_operators"]["Attention"] == 2
+    graph = onnx.load(str(result.packages[1] / "model.onnx")).graph
+    fused = [n for n in graph.node if n.op_type == "Attention"]
+    counts = [next(a.i for a in n.attribute if a.name == "num_heads") for n in fused]
+    assert counts == heads
 
 
 def test_compress_refuses_folder_that_is_not_a_package(tmp_path: Path) -> None:
     with pytest.raises(PackageError, match="not a model package"):
-        kiln.compress.run(
-            tmp_path, output_dir=tmp_path / "out", steps=["onnx"], examples=text_examples()
-        )
+        kiln.compress.run(tmp_path, output_dir=tmp_path / "out", steps=["onnx"], examples=text_examples())
 
 
 def test_compress_refuses_unknown_step(text_package: Path, tmp_path: Path) -> None:
     with pytest.raises(CompressError, match="unknown compression step"):
-        kiln.compress.run(
-            text_package, output_dir=tmp_path, steps=["zip"], examples=text_examples()
-        )
+        kiln.compress.run(text_package, output_dir=tmp_path, steps=["zip"], examples=text_examples())
 
 
 def test_compress_refuses_to_quantize_int8_package(text_package: Path, tmp_path: Path) -> None:
@@ -233,21 +225,13 @@ def test_compress_refuses_to_quantize_int8_package(text_package: Path, tmp_path:
     ]
 
 
-def test_compress_refuses_onnx_quantization_of_torch_package(
-    text_package: Path, tmp_path: Path
-) -> None:
+def test_compress_refuses_onnx_quantization_of_torch_package(text_package: Path, tmp_path: Path) -> None:
     with pytest.raises(CompressError, match="add the onnx step before it"):
-        kiln.compress.run(
-            text_package, output_dir=tmp_path, steps=["quantize-dynamic"], examples=text_examples()
-        )
+        kiln.compress.run(text_package, output_dir=tmp_path, steps=["quantize-dynamic"], examples=text_examples())
 
 
-def test_static_quantization_refuses_empty_calibration_set(
-    text_package: Path, tmp_path: Path
-) -> None:
-    examples = Examples(
-        eval_inputs=SENTENCES_LABELLED[0], eval_labels=None, train_inputs=[], train_labels=None
-    )
+def test_static_quantization_refuses_empty_calibration_set(text_package: Path, tmp_path: Path) -> None:
+    examples = Examples(eval_inputs=SENTENCES_LABELLED[0], eval_labels=None, train_inputs=[], train_labels=None)
     cfg = CompressConfig(onnx=OnnxExportConfig(optimize=False))
     with pytest.raises(CompressError, match="calibration set is empty"):
         kiln.compress.run(
@@ -262,14 +246,10 @@ def test_static_quantization_refuses_empty_calibration_set(
 
 def test_prune_refuses_cnn_package(image_package: Path, tmp_path: Path) -> None:
     with pytest.raises(CompressError, match="structured pruning supports transformer"):
-        kiln.compress.run(
-            image_package, output_dir=tmp_path, steps=["prune"], examples=image_examples()
-        )
+        kiln.compress.run(image_package, output_dir=tmp_path, steps=["prune"], examples=image_examples())
 
 
-def test_compress_without_recipe_data_says_what_is_missing(
-    text_package: Path, tmp_path: Path
-) -> None:
+def test_compress_without_recipe_data_says_what_is_missing(text_package: Path, tmp_path: Path) -> None:
     with pytest.raises(KilnError, match="no recipe with data"):
         kiln.compress.run(text_package, output_dir=tmp_path, steps=["onnx"])
 
@@ -303,9 +283,7 @@ def test_cli_compress_with_recipe_data_writes_packages(image_package: Path, tmp_
         (["--steps", "onnx", "quantize.per_channel=maybe"], "per_channel"),
     ],
 )
-def test_cli_compress_bad_input_exits_2(
-    text_package: Path, tmp_path: Path, args: list[str], message: str
-) -> None:
+def test_cli_compress_bad_input_exits_2(text_package: Path, tmp_path: Path, args: list[str], message: str) -> None:
     proc = _kiln("compress", str(text_package), "--output", str(tmp_path / "out"), *args)
     assert proc.returncode == 2
     assert message in proc.stderr
@@ -313,9 +291,7 @@ def test_cli_compress_bad_input_exits_2(
 
 def _kiln(*args: str) -> subprocess.CompletedProcess[str]:
     code = "from kiln.cli.main import main; main()"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
 
 
 def _predict_in_fresh_process(package: Path, texts: list[str]) -> np.ndarray:
