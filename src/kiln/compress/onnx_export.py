@@ -204,7 +204,7 @@ def _pin_head_counts(path: Path, head_size: int) -> int:
                 and heads.size == size.size == 1
                 and int(heads.reshape(-1)[0]) == -1
                 and int(size.reshape(-1)[0]) == head_size
-                and width is not None
+                and width  # a layer with no heads left keeps its -1
                 and width % head_size == 0
             ):
                 count = f"kiln_num_heads_{width // head_size}"
