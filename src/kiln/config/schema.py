@@ -149,6 +149,9 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(default=2, ge=1)
     # Append a line to metrics.jsonl every N optimizer steps.
     log_every_steps: int = Field(default=10, ge=1)
+    # Seed of initialisation, dropout and batch order; empty means the recipe's `seed`, which
+    # also draws the data splits. Set it to restart training on the same splits.
+    seed: int | None = None
     # Intra-op CPU threads per process; empty means cores divided by processes.
     num_threads: int | None = Field(default=None, ge=1)
     # Where the run folder goes; empty means $KILN_HOME/runs/<recipe name>.
@@ -362,7 +365,7 @@ class SentimentMonitorConfig(_Section):
 class Recipe(_Section):
     # Name of the model this recipe makes; used for folder and registry names.
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    # Seed for splits, initialisation, shuffling, augmentation and dropout.
+    # Seed for splits and augmentation, and for training too unless train.seed is set.
     seed: int = 42
     # Data loading and preparation.
     data: DataConfig
@@ -383,13 +386,16 @@ class Recipe(_Section):
     # Promotion gate of `kiln run`; empty means register every package and move no alias.
     promote: PromoteConfig | None = None
 
+    @property
+    def train_seed(self) -> int:
+        """The seed of training: ``train.seed``, or the recipe's ``seed`` when that is empty."""
+        return self.seed if self.train.seed is None else self.train.seed
+
     @model_validator(mode="after")
     def _known_candidate(self) -> Recipe:
         if self.promote is None:
             return self
         allowed = ["best", "last", "train", *dict.fromkeys(self.compress.steps)]
         if self.promote.candidate not in allowed:
-            raise ValueError(
-                f"promote.candidate must be one of {', '.join(allowed)}, got {self.promote.candidate!r}"
-            )
+            raise ValueError(f"promote.candidate must be one of {', '.join(allowed)}, got {self.promote.candidate!r}")
         return self

@@ -61,7 +61,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
     try:
         threads = recipe.train.num_threads or max(1, (os.cpu_count() or 1) // info.local_world_size)
         torch.set_num_threads(threads)
-        _seed_everything(recipe.seed)
+        _seed_everything(recipe.train_seed)
 
         dataset = kiln.data.run(recipe)
         run_dir = run_dir_for(recipe)
@@ -74,7 +74,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
             barrier(info)
         built = build_model(recipe, dataset, tokenizer_file)
         # Same initial weights on every rank (seeded above); dropout differs per rank.
-        torch.manual_seed(recipe.seed + info.rank)
+        torch.manual_seed(recipe.train_seed + info.rank)
         if dataset.kind == "text":
             train_features: Any = TextFeatures(built.preprocessor, list(dataset.train.inputs))
             val_features: Any = TextFeatures(built.preprocessor, list(dataset.validation.inputs))
@@ -90,7 +90,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
             validation_labels=dataset.validation.labels,
             num_labels=len(dataset.label_names),
             cfg=recipe.train,
-            seed=recipe.seed,
+            seed=recipe.train_seed,
             info=info,
             run_dir=run_dir,
             resume=resume,
@@ -152,7 +152,7 @@ def _run_recommendation(recipe: Recipe) -> TrainResult:
     from kiln.train import recommend
 
     torch.set_num_threads(recipe.train.num_threads or max(1, os.cpu_count() or 1))
-    _seed_everything(recipe.seed)
+    _seed_everything(recipe.train_seed)
     run_dir = run_dir_for(recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
     fit = recommend.run(recipe, run_dir)

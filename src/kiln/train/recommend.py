@@ -94,7 +94,7 @@ def run(recipe: Recipe, run_dir: Path) -> RecommendFit:
     else:
         steps, epochs, best = _fit(net, features, splits, recipe)
         if recipe.recommend.refit_on_validation:
-            torch.manual_seed(recipe.seed)
+            torch.manual_seed(recipe.train_seed)
             net = build_recommender(params)
             steps += _refit(net, features, known, recipe, epochs)
     wall_s = time.perf_counter() - start
@@ -127,7 +127,7 @@ def _fit(
             "train.layer_lr_decay and train.label_smoothing apply to classifiers; "
             "the recommender trains its two towers with an in-batch softmax and takes neither"
         )
-    rng = np.random.default_rng(recipe.seed)
+    rng = np.random.default_rng(recipe.train_seed)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best: dict[str, float] = {}
     best_state = copy.deepcopy(net.state_dict())
@@ -150,7 +150,7 @@ def _fit(
 
 def _refit(net: RecommenderNet, feats: _Features, pairs: np.ndarray, recipe: Recipe, epochs: int) -> int:
     """Train ``net`` from scratch for a fixed number of epochs on ``pairs``; return the steps taken."""
-    rng = np.random.default_rng(recipe.seed)
+    rng = np.random.default_rng(recipe.train_seed)
     optimizer = torch.optim.AdamW(net.parameters(), lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
     steps = 0
     for _ in range(epochs):

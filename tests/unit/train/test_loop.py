@@ -111,3 +111,18 @@ def test_run_writes_package_with_manifest_contract(tmp_path: Path) -> None:
     assert set(manifest["files"]) == {"config.json", "model.safetensors", "tokenizer.json", "reference_profile.json"}
     assert manifest["kiln_version"]
     assert not list((tmp_path / "run").glob(".*partial"))
+
+
+def test_train_seed_restarts_training_on_the_same_splits(tmp_path: Path) -> None:
+    def run(name: str, **train: object) -> tuple[list[float], dict]:
+        kiln.train.run(parse_recipe(tiny_image_recipe(tmp_path / name, max_steps=3, log_every_steps=1, **train)))
+        manifest = json.loads((tmp_path / name / "package" / "kiln.json").read_text())
+        return _losses(tmp_path / name), manifest
+
+    default, default_manifest = run("default")
+    same, _ = run("same", seed=3)  # tiny_image_recipe's recipe seed
+    other, other_manifest = run("other", seed=4)
+    assert same == default
+    assert other[0] != pytest.approx(default[0], abs=1e-4)
+    assert other_manifest["data_fingerprint"] == default_manifest["data_fingerprint"]
+    assert other_manifest["recipe"]["train"]["seed"] == 4
