@@ -48,7 +48,7 @@ def bench_recommend(home: Path) -> list[str]:
     for model in ("popularity", "bpr-mf", "two-tower"):
         result, seconds = run_recipe("recommend", home, f"recommend.model={model}")
         trained = result.packages[0]
-        report = json.loads((trained.eval_dir / "report.json").read_text())
+        report, _ = _evaluated(trained)
         reports[model] = report
         rows.append((model, report, seconds, _size(trained.path)))
         if model == "two-tower":
@@ -77,8 +77,6 @@ def bench_recommend(home: Path) -> list[str]:
 
 
 def bench_digits(home: Path) -> list[str]:
-    import kiln.evaluate
-
     result, seconds = run_recipe("digits", home)
     lines = [
         "### Image classification: MNIST 5k CNN",
@@ -87,8 +85,7 @@ def bench_digits(home: Path) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for package in result.packages:
-        report = kiln.evaluate.run(kiln.evaluate.EvaluationConfig(package=package.path)).report
-        manifest = json.loads((package.path / "kiln.json").read_text())
+        report, manifest = _evaluated(package)
         sparsity = manifest["metrics"].get("sparsity")
         note = f"sparsity {sparsity['reached']:.3f} of the conv/linear weights" if sparsity else ""
         lines.append(
@@ -108,8 +105,7 @@ def bench_classifier(name: str, title: str, home: Path) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for package in result.packages:
-        report = json.loads((package.eval_dir / "report.json").read_text())
-        manifest = json.loads((package.path / "kiln.json").read_text())
+        report, manifest = _evaluated(package)
         lines.append(
             f"| {package.step} ({manifest['format']} {manifest['precision']}) | {report['accuracy']:.4f} "
             f"| {report['macro_f1']:.4f} | {report['ece']:.4f} | {report['n']} "
@@ -127,8 +123,17 @@ def bench_classifier(name: str, title: str, home: Path) -> list[str]:
     return lines
 
 
+def _evaluated(package: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The evaluation report `kiln run` wrote for a package of its result, and its manifest."""
+    from kiln.runtime.package import read_manifest
+
+    return json.loads((package.eval_dir / "report.json").read_text()), read_manifest(package.path, verify=False)
+
+
 def _size(package: Path) -> float:
-    manifest = json.loads((package / "kiln.json").read_text())
+    from kiln.runtime.package import read_manifest
+
+    manifest = read_manifest(package, verify=False)
     return sum((package / rel).stat().st_size for rel in manifest["files"]) / 1e6
 
 

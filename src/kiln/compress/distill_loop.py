@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from kiln.config.schema import DistillConfig
+from kiln.data.order import epoch_order
 
 UNLABELLED = -1  # label id of a text that only has the teacher's soft targets to learn from
 
@@ -88,8 +89,6 @@ def distill_model(
 
     if len(data.token_ids) == 0:
         raise ValueError("no training texts to distil on")
-    from kiln.train.loop import epoch_order
-
     torch.manual_seed(seed)
     device = pick_device(None)
     lengths = np.array([len(ids) for ids in data.token_ids]) if cfg.group_by_length else None
@@ -101,9 +100,7 @@ def distill_model(
         for model in (teacher, student):
             model.set_attn_implementation("eager")  # SDPA does not return attention maps
     projection = _hidden_projection(student, teacher, device) if wants_hidden else None
-    trainable = list(student.parameters()) + (
-        list(projection.parameters()) if projection is not None else []
-    )
+    trainable = list(student.parameters()) + (list(projection.parameters()) if projection is not None else [])
     n_epochs = epochs or cfg.epochs
     steps_per_epoch = math.ceil(len(data.token_ids) / cfg.batch_size)
     total = min(n_epochs * steps_per_epoch, cfg.max_steps or n_epochs * steps_per_epoch)
@@ -131,9 +128,7 @@ def distill_model(
             parts = {"soft": soft_target_loss(s_out.logits.float(), t_out.logits.float(), cfg.temperature)}
             labelled = labels != UNLABELLED
             if alpha < 1.0 and bool(labelled.any()):
-                parts["hard"] = torch.nn.functional.cross_entropy(
-                    s_out.logits[labelled], labels[labelled]
-                )
+                parts["hard"] = torch.nn.functional.cross_entropy(s_out.logits[labelled], labels[labelled])
             loss = alpha * parts["soft"] + (1 - alpha) * parts.get("hard", 0.0)
             mask = tensors["attention_mask"].float()
             if projection is not None:

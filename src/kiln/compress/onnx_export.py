@@ -174,13 +174,21 @@ def _pin_head_counts(path: Path, head_size: int) -> int:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
 
-    def value(name: str) -> Any:
+    def source(name: str) -> str:
         # The exporter shares identical initializers through Identity nodes.
         while name not in initializers and (node := producer.get(name)) is not None and node.op_type == "Identity":
             name = node.input[0]
+        return name
+
+    def value(name: str) -> Any:
+        name = source(name)
         if name in initializers:
             return numpy_helper.to_array(initializers[name])
         return constants.get(name)
+
+    def is_constant(name: str) -> bool:
+        name = source(name)
+        return name in initializers or name in constants
 
     def projection_width(name: str) -> int | None:
         node = producer.get(name)
@@ -188,7 +196,7 @@ def _pin_head_counts(path: Path, head_size: int) -> int:
             if node.op_type == "MatMul":
                 weight = value(node.input[1])
                 return int(weight.shape[1]) if weight is not None and weight.ndim == 2 else None
-            inputs = [i for i in node.input if value(i) is None]
+            inputs = [i for i in node.input if not is_constant(i)]
             node = producer.get(inputs[0]) if len(inputs) == 1 else None
         return None
 

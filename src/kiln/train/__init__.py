@@ -151,6 +151,7 @@ def _run_recommendation(recipe: Recipe) -> TrainResult:
 
     from kiln.train import recommend
 
+    recommend.check_settings(recipe)
     torch.set_num_threads(recipe.train.num_threads or max(1, os.cpu_count() or 1))
     _seed_everything(recipe.train_seed)
     run_dir = run_dir_for(recipe)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kiln.config.schema import TrainConfig
+from kiln.data.order import epoch_order
 from kiln.errors import ConfigError
 from kiln.progress import progress_bar
 from kiln.runtime.architectures import logits_of
@@ -68,21 +69,6 @@ class _State:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_wall_s: float = 0.0
     samples_seen: int = 0
-
-
-def epoch_order(n: int, seed: int, epoch: int, *, lengths: np.ndarray | None = None, batch_size: int = 1) -> np.ndarray:
-    """The example order of one epoch: a permutation that depends only on seed and epoch.
-
-    With ``lengths``, examples are grouped by length as HF Trainer's ``group_by_length`` does:
-    the shuffled order is cut into mega-batches of 50 batches, each sorted by length, so a
-    batch holds texts of similar length and padding (wasted compute) shrinks.
-    """
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    if lengths is None:
-        return order
-    mega = 50 * batch_size
-    chunks = [order[i : i + mega] for i in range(0, n, mega)]
-    return np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in chunks])
 
 
 def fit(

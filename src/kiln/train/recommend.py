@@ -104,6 +104,15 @@ def run(recipe: Recipe, run_dir: Path) -> RecommendFit:
     return RecommendFit(package_dir=package_dir, metrics=best, steps=steps, samples_per_s=samples_per_s)
 
 
+def check_settings(recipe: Recipe) -> None:
+    """Refuse the classifier-only training settings before anything is built or written."""
+    if recipe.train.layer_lr_decay != 1.0 or recipe.train.label_smoothing:
+        raise ConfigError(
+            "train.layer_lr_decay and train.label_smoothing apply to classifiers; "
+            "the recommender trains its two towers with an in-batch softmax and takes neither"
+        )
+
+
 def _count_items(net: RecommenderNet, pairs: np.ndarray) -> None:
     counts = np.bincount(pairs[:, 1], minlength=len(net.item_bias))
     with torch.no_grad():
@@ -122,11 +131,6 @@ def _fit(
 ) -> tuple[int, int, dict[str, float]]:
     """Train with early stopping on validation NDCG@10; return (steps, best epoch count, best metrics)."""
     cfg = recipe.train
-    if cfg.layer_lr_decay != 1.0 or cfg.label_smoothing:
-        raise ConfigError(
-            "train.layer_lr_decay and train.label_smoothing apply to classifiers; "
-            "the recommender trains its two towers with an in-batch softmax and takes neither"
-        )
     rng = np.random.default_rng(recipe.train_seed)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best: dict[str, float] = {}

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 import kiln.train
 from kiln.config import parse_recipe
 from kiln.config.schema import TrainConfig
-from kiln.train.loop import epoch_order
+from kiln.data.order import epoch_order
 from kiln.train.optim import build_scheduler
 from tests.helpers import tiny_image_recipe, tiny_text_recipe
 
