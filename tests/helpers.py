@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +51,12 @@ def tiny_image_recipe(run_dir: Path, **train: Any) -> dict[str, Any]:
             **train,
         },
     }
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    """The training losses a run logged to ``metrics.jsonl``, in step order."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r["type"] == "train"]
 
 
 def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:

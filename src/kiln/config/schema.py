@@ -127,6 +127,13 @@ class TrainConfig(_Section):
     layer_lr_decay: float = Field(default=1.0, gt=0.0, le=1.0)
     # Label smoothing of the training cross-entropy (validation loss stays unsmoothed).
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # R-Drop: each batch passes through the network twice (two dropout draws) and this weight
+    # times the symmetric KL divergence between the two predictions joins the loss (0 turns it
+    # off; 0.5-5 is usual). Steps cost about twice as much.
+    rdrop_alpha: float = Field(default=0.0, ge=0.0)
+    # Evaluate, select and package an exponential moving average of the weights, updated after
+    # each optimizer step with this decay (0 turns it off; 0.99-0.999 is usual).
+    ema_decay: float = Field(default=0.0, ge=0.0, lt=1.0)
     # AdamW decoupled weight decay (not applied to biases and norms).
     weight_decay: float = Field(default=0.01, ge=0.0)
     # Fraction of all steps spent in linear warmup.

@@ -1,8 +1,9 @@
 """Resumable checkpoints: written into a staging folder and renamed, so a crash or ``kill -9``
 always leaves the last complete checkpoint intact.
 
-Weights go to safetensors; optimizer, scheduler and RNG state go to ``trainer.pt``, read back with
-``torch.load(weights_only=True)`` so that loading a checkpoint never runs pickled code.
+Weights (and the weight average, when training keeps one) go to safetensors; optimizer,
+scheduler and RNG state go to ``trainer.pt``, read back with ``torch.load(weights_only=True)`` so
+that loading a checkpoint never runs pickled code.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from kiln.errors import ConfigError
+
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
+AVERAGE_FILE = "average.safetensors"
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,15 @@ class Checkpoint:
     step: int
 
 
-def save_checkpoint(folder: Path, step: int, model: nn.Module, trainer_state: dict[str, Any], keep: int) -> Checkpoint:
+def save_checkpoint(
+    folder: Path,
+    step: int,
+    model: nn.Module,
+    trainer_state: dict[str, Any],
+    keep: int,
+    *,
+    average: nn.Module | None = None,
+) -> Checkpoint:
     """Write ``step-NNNNNNNN`` under ``folder`` atomically and keep only the newest ``keep``."""
     from safetensors.torch import save_file
 
@@ -37,8 +49,9 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, trainer_state: di
     final = folder / f"step-{step:08d}"
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=folder))
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(staging / "model.safetensors"))
+        save_file(_tensors(model), str(staging / "model.safetensors"))
+        if average is not None:
+            save_file(_tensors(average), str(staging / AVERAGE_FILE))
         torch.save(trainer_state, staging / "trainer.pt")
         _fsync_dir(staging)
         if final.exists():
@@ -71,12 +84,23 @@ def latest_checkpoint(folder: Path) -> Checkpoint | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(ckpt: Checkpoint, model: nn.Module) -> dict[str, Any]:
-    """Load weights into ``model`` and return the trainer state."""
+def load_checkpoint(ckpt: Checkpoint, model: nn.Module, *, average: nn.Module | None = None) -> dict[str, Any]:
+    """Load weights into ``model`` (and the weight average into ``average``); return the trainer state."""
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(ckpt.path / "model.safetensors")))
+    if average is not None:
+        if not (ckpt.path / AVERAGE_FILE).is_file():
+            raise ConfigError(
+                f"{ckpt.path}: this checkpoint holds no weight average, so it cannot resume a run with "
+                "train.ema_decay set; resume with the run's own settings or start again without --resume"
+            )
+        average.load_state_dict(load_file(str(ckpt.path / AVERAGE_FILE)))
     return torch.load(ckpt.path / "trainer.pt", weights_only=True)
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 def remove_stale(folder: Path) -> None:

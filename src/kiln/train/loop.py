@@ -1,5 +1,6 @@
-"""The training loop: AdamW, warmup + decay, clipping, accumulation, bf16 autocast, evaluation,
-early stopping, best-checkpoint selection and exact resume, on one process or under DDP.
+"""The training loop: AdamW, warmup + decay, clipping, accumulation, bf16 autocast, R-Drop,
+weight averaging, evaluation, early stopping, best-checkpoint selection and exact resume, on one
+process or under DDP.
 
 Data order is a pure function of (seed, epoch), so a resumed or data-parallel run sees the same
 global batches as an uninterrupted single-process one. Under DDP every rank takes a strided
@@ -31,6 +32,7 @@ from kiln.progress import progress_bar
 from kiln.runtime.architectures import logits_of
 from kiln.train.checkpoint import latest_checkpoint, load_checkpoint, remove_stale, save_checkpoint
 from kiln.train.distributed import DistInfo, all_reduce_sum, barrier, gather_objects
+from kiln.train.ema import WeightAverage
 from kiln.train.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -103,6 +105,9 @@ def fit(
     model.to(info.device)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    # What is evaluated, kept as the best weights and packaged: the average when there is one.
+    scored: nn.Module = ema.shadow if ema is not None else model
     net: nn.Module = model
     if info.is_distributed:
         net = nn.parallel.DistributedDataParallel(model)
@@ -116,7 +121,9 @@ def fit(
     barrier(info)
     ckpt = latest_checkpoint(ckpt_dir) if resume else None
     if ckpt is not None:
-        trainer_state = load_checkpoint(ckpt, model)
+        trainer_state = load_checkpoint(ckpt, model, average=ema.shadow if ema is not None else None)
+        if ema is not None:
+            ema.updates = int(trainer_state.get("ema_updates", 0))
         optimizer.load_state_dict(trainer_state["optimizer"])
         scheduler.load_state_dict(trainer_state["scheduler"])
         rng_states = trainer_state["torch_rng"]
@@ -151,17 +158,15 @@ def fit(
                         rng = np.random.default_rng([seed, state.epoch, b, k, info.rank])
                         features = {key: t.to(info.device) for key, t in train.batch(micro, rng).items()}
                         target = torch.from_numpy(train_labels[micro]).to(info.device)
-                        with autocast:
-                            logits = logits_of(net, features)
-                        loss = F.cross_entropy(
-                            logits.float(), target, reduction="sum", label_smoothing=cfg.label_smoothing
-                        )
+                        loss = _training_loss(net, features, target, cfg, autocast)
                         (loss * (world / len(global_index))).backward()
                     step_loss += loss.item()
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
+                if ema is not None:
+                    ema.update(model)
                 state.step += 1
                 state.batch_in_epoch += 1
                 state.samples_seen += len(global_index)
@@ -201,8 +206,8 @@ def fit(
                     evaluate_now = True
                 if evaluate_now:
                     if _evaluate_and_track(
-                        model,
-                        net,
+                        scored,
+                        scored if ema is not None else net,
                         validation,
                         validation_labels,
                         num_labels,
@@ -216,7 +221,7 @@ def fit(
                     ):
                         stop = True
                 if stop or at_epoch_end or state.step % cfg.checkpoint_every_steps == 0:
-                    _checkpoint(info, ckpt_dir, model, optimizer, scheduler, state, cfg.keep_checkpoints)
+                    _checkpoint(info, ckpt_dir, model, optimizer, scheduler, state, cfg.keep_checkpoints, ema)
                 if stop or at_epoch_end:
                     break
 
@@ -234,6 +239,35 @@ def fit(
         samples_per_s=samples_per_s,
         history=state.history,
     )
+
+
+def _training_loss(
+    net: nn.Module, features: dict[str, torch.Tensor], target: torch.Tensor, cfg: TrainConfig, autocast: Any
+) -> torch.Tensor:
+    """Summed cross-entropy of a micro-batch; with ``rdrop_alpha`` the R-Drop objective.
+
+    R-Drop (Liang et al., 2021) passes the batch through the network twice, so that dropout draws
+    two different sub-networks, and adds ``alpha`` times the symmetric KL divergence between the
+    two predicted distributions to the mean of their cross-entropies. Both passes go through the
+    model as one batch of twice the size.
+    """
+    if cfg.rdrop_alpha <= 0:
+        with autocast:
+            logits = logits_of(net, features)
+        return F.cross_entropy(logits.float(), target, reduction="sum", label_smoothing=cfg.label_smoothing)
+    with autocast:
+        logits = logits_of(net, {key: torch.cat([t, t]) for key, t in features.items()})
+    first, second = logits.float().chunk(2)
+    cross_entropy = 0.5 * (
+        F.cross_entropy(first, target, reduction="sum", label_smoothing=cfg.label_smoothing)
+        + F.cross_entropy(second, target, reduction="sum", label_smoothing=cfg.label_smoothing)
+    )
+    log_p, log_q = first.log_softmax(dim=-1), second.log_softmax(dim=-1)
+    divergence = 0.5 * (
+        F.kl_div(log_p, log_q, reduction="sum", log_target=True)
+        + F.kl_div(log_q, log_p, reduction="sum", log_target=True)
+    )
+    return cross_entropy + cfg.rdrop_alpha * divergence
 
 
 def evaluate_features(
@@ -316,6 +350,7 @@ def _checkpoint(
     scheduler: Any,
     state: _State,
     keep: int,
+    ema: WeightAverage | None,
 ) -> None:
     rng_states = gather_objects(info, torch.get_rng_state())
     if info.is_main:
@@ -324,8 +359,11 @@ def _checkpoint(
             "scheduler": scheduler.state_dict(),
             "torch_rng": rng_states,
             "loop": dict(state.__dict__),
+            **({"ema_updates": ema.updates} if ema is not None else {}),
         }
-        save_checkpoint(ckpt_dir, state.step, model, trainer_state, keep)
+        save_checkpoint(
+            ckpt_dir, state.step, model, trainer_state, keep, average=ema.shadow if ema is not None else None
+        )
     barrier(info)
 
 

@@ -106,10 +106,21 @@ def run(recipe: Recipe, run_dir: Path) -> RecommendFit:
 
 def check_settings(recipe: Recipe) -> None:
     """Refuse the classifier-only training settings before anything is built or written."""
-    if recipe.train.layer_lr_decay != 1.0 or recipe.train.label_smoothing:
+    t = recipe.train
+    given = [
+        f"train.{name}"
+        for name, value, off in (
+            ("layer_lr_decay", t.layer_lr_decay, 1.0),
+            ("label_smoothing", t.label_smoothing, 0.0),
+            ("rdrop_alpha", t.rdrop_alpha, 0.0),
+            ("ema_decay", t.ema_decay, 0.0),
+        )
+        if value != off
+    ]
+    if given:
         raise ConfigError(
-            "train.layer_lr_decay and train.label_smoothing apply to classifiers; "
-            "the recommender trains its two towers with an in-batch softmax and takes neither"
+            f"{', '.join(given)}: classifier training settings; the recommender trains its two towers "
+            "with an in-batch softmax and takes none of layer_lr_decay, label_smoothing, rdrop_alpha, ema_decay"
         )
 
 

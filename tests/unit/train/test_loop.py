@@ -11,22 +11,17 @@ from kiln.config import parse_recipe
 from kiln.config.schema import TrainConfig
 from kiln.data.order import epoch_order
 from kiln.train.optim import build_scheduler
-from tests.helpers import tiny_image_recipe, tiny_text_recipe
+from tests.helpers import tiny_image_recipe, tiny_text_recipe, train_losses
 
 # Losses of the first steps of tiny_image_recipe (seed 3), recorded from a reference run on CPU.
 # A silent change in the data order, initialisation or the math of the loop moves them.
 GOLDEN_LOSSES = [2.4417, 2.2801, 2.3020, 2.2568, 2.2624, 2.1950, 2.2305, 2.1997]
 
 
-def _losses(run_dir: Path) -> list[float]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r["loss"] for r in map(json.loads, lines) if r["type"] == "train"]
-
-
 def test_fit_matches_golden_losses(tmp_path: Path) -> None:
     recipe = parse_recipe(tiny_image_recipe(tmp_path / "run", max_steps=8, log_every_steps=1))
     kiln.train.run(recipe)
-    assert _losses(tmp_path / "run") == pytest.approx(GOLDEN_LOSSES, abs=2e-3)
+    assert train_losses(tmp_path / "run") == pytest.approx(GOLDEN_LOSSES, abs=2e-3)
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch() -> None:
@@ -77,7 +72,7 @@ def test_fit_gradient_accumulation_equals_full_batch(tmp_path: Path) -> None:
     # Same global batches, same mean loss: the logged losses agree to float precision. Adam
     # divides by sqrt(v), which turns rounding in near-zero gradients (rare tokens) into whole
     # steps for a few single elements, so weights are compared as a whole.
-    assert _losses(tmp_path / "accum") == pytest.approx(_losses(tmp_path / "full"), abs=1e-4)
+    assert train_losses(tmp_path / "accum") == pytest.approx(train_losses(tmp_path / "full"), abs=1e-4)
     diff = sum(float((a[k] - b[k]).pow(2).sum()) for k in a)
     norm = sum(float(a[k].pow(2).sum()) for k in a)
     assert diff / norm < 1e-8
@@ -117,7 +112,7 @@ def test_train_seed_restarts_training_on_the_same_splits(tmp_path: Path) -> None
     def run(name: str, **train: object) -> tuple[list[float], dict]:
         kiln.train.run(parse_recipe(tiny_image_recipe(tmp_path / name, max_steps=3, log_every_steps=1, **train)))
         manifest = json.loads((tmp_path / name / "package" / "kiln.json").read_text())
-        return _losses(tmp_path / name), manifest
+        return train_losses(tmp_path / name), manifest
 
     default, default_manifest = run("default")
     same, _ = run("same", seed=3)  # tiny_image_recipe's recipe seed

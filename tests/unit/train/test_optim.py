@@ -8,8 +8,7 @@ from kiln.config.schema import TrainConfig
 from kiln.errors import ConfigError
 from kiln.runtime.architectures import bert_config, build_text_classifier
 from kiln.train.optim import build_optimizer
-from tests.helpers import tiny_image_recipe
-from tests.unit.train.test_loop import _losses
+from tests.helpers import tiny_image_recipe, train_losses
 
 
 def _lr_by_name(decay: float) -> dict[str, tuple[float, float]]:
@@ -55,6 +54,6 @@ def test_label_smoothing_mixes_the_uniform_target_into_the_training_loss(tmp_pat
     for eps in (0.0, 0.2, 0.4):
         run = tmp_path / f"ls{eps}"
         kiln.train.run(parse_recipe(tiny_image_recipe(run, max_steps=1, log_every_steps=1, label_smoothing=eps)))
-        first.append(_losses(run)[0])
+        first.append(train_losses(run)[0])
     assert first[1] != pytest.approx(first[0], abs=1e-3)
     assert first[2] - first[1] == pytest.approx(first[1] - first[0], abs=1e-4)

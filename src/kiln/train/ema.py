@@ -1,0 +1,51 @@
+"""An exponential moving average of a model's weights, kept beside the model during training.
+
+Small-data fine-tuning wanders: validation accuracy can move by a point from one epoch to the
+next. Evaluating and keeping the average of recent weights instead of the last ones smooths that
+path (Polyak averaging). ``torch.optim.swa_utils.AveragedModel`` averages every buffer with
+``lerp`` and fails on integer buffers (BERT's ``position_ids``); here floating-point tensors are
+averaged and every other tensor is copied.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class WeightAverage:
+    """``shadow`` holds the average; :meth:`update` folds in the model after each optimizer step.
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so that the
+    first evaluations are not dominated by the initial weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+        self.shadow = copy.deepcopy(model).eval()
+        for param in self.shadow.parameters():
+            param.requires_grad_(False)
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        decay = self.current_decay()
+        averaged, latest, others = [], [], []
+        model_state = model.state_dict()
+        for name, target in self.shadow.state_dict().items():
+            source = model_state[name].detach()
+            if target.is_floating_point():
+                averaged.append(target)
+                latest.append(source.to(target.dtype))
+            else:
+                others.append((target, source))
+        if averaged:
+            torch._foreach_lerp_(averaged, latest, 1.0 - decay)
+        for target, source in others:
+            target.copy_(source)
+        self.updates += 1
