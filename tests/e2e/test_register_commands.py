@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.registry import Registry
+from kiln.registry import Registry, resolve_reference
 from tests.helpers import kiln_cli, tiny_text_recipe, write_recipe
 
 pytestmark = pytest.mark.slow
@@ -65,6 +65,23 @@ def test_compress_reference_register_links_parent(
         (edge,) = registry.store.parent_edges("tiny", int(ref.split("@")[1]))
         assert (edge.parent, edge.transformation) == ("tiny@1", "onnx-export")
         assert registry.get_run(registry.get_version(ref).run_id or "").params["compress.steps"] == "onnx-export"
+
+
+def test_compress_budget_search_from_a_reference_searches_that_package(
+    trained: Trained, tmp_path: Path
+) -> None:
+    env, _ = trained
+    result = kiln_cli(
+        "compress", "tiny@1", "--output", str(tmp_path / "search"), "--target-latency-ms", "0.000001",
+        "--max-accuracy-drop", "1", "--budget-candidates", "1", "num_threads=1", "eval_samples=16",
+        cwd=tmp_path, env=env,
+    )
+    # The unreachable latency target ends the search with exit 2 after one candidate, from tiny@1's folder.
+    assert result.returncode == 2, result.stderr
+    assert "budget not met: no candidate reaches the target p50 latency" in result.stderr
+    report = json.loads((tmp_path / "search" / "search.json").read_text())
+    with _registry(env) as registry:
+        assert report["teacher"]["path"] == str(resolve_reference("tiny@1", registry=registry))
 
 
 def test_eval_alias_register_records_metrics_on_that_version(

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from kiln.compress import Examples
+    from kiln.config.schema import CompressConfig
 
 
 def compress(
@@ -68,7 +72,7 @@ def compress(
                 train_samples=train_samples_needed(cfg, names if names is not None else cfg.steps),
             )
         if target_latency_ms is not None or max_accuracy_drop is not None:
-            _search(package, output, cfg, examples, names, target_latency_ms, max_accuracy_drop, budget_candidates)
+            _search(folder, output, cfg, examples, names, target_latency_ms, max_accuracy_drop, budget_candidates)
             return
         result = kiln.compress.run(
             folder, output_dir=output, config=cfg, steps=names, examples=examples
@@ -95,8 +99,8 @@ def compress(
 def _search(
     package: Path,
     output: Path,
-    cfg: object,
-    examples: object,
+    cfg: CompressConfig,
+    examples: Examples | None,
     steps: list[str] | None,
     target_latency_ms: float | None,
     max_accuracy_drop: float | None,
@@ -114,7 +118,7 @@ def _search(
         max_accuracy_drop=max_accuracy_drop,
         max_candidates=budget_candidates,
     )
-    result = search(package, output_dir=output, budget=budget, config=cfg, examples=examples)  # type: ignore[arg-type]
+    result = search(package, output_dir=output, budget=budget, config=cfg, examples=examples)
     for candidate in result.candidates:
         typer.echo(json.dumps(candidate))
     typer.echo(f"pareto front: {', '.join(result.pareto)}")

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -150,7 +149,7 @@ def eval_(
     (and with --speed: latency p50/p95/p99, throughput at batch 1/8/32/128, size, peak memory)."""
     import kiln.evaluate
     from kiln.cli.recording import register_evaluated, resolve_package
-    from kiln.registry.db import kiln_home
+    from kiln.config.home import kiln_home
 
     with user_errors():
         folder, ref = resolve_package(package)
@@ -200,7 +199,7 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
     typer.echo(f"{title}: {shown}")
 
 
-def _print_report(report: dict) -> None:
+def _print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -237,4 +236,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

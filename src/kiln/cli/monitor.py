@@ -32,7 +32,8 @@ def monitor(
         else:
             from kiln.monitor.ui.data import DashboardData
 
-            if not log_dir.is_dir():  # type: ignore[union-attr]
+            assert log_dir is not None  # exactly one of url and log_dir, checked above
+            if not log_dir.is_dir():
                 raise ConfigError(f"monitoring folder not found: {log_dir}")
             data = DashboardData(log_dir=log_dir)
             reports, alerts = data.drift(), data.alerts()

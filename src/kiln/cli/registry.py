@@ -64,7 +64,7 @@ def _open(ctx: typer.Context) -> Registry:
 
 
 def _dump(value: Any) -> str:
-    data = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    data = dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
     return json.dumps(data, indent=2, default=str)
 
 

@@ -4,9 +4,12 @@ the negative share per window and per entity, printing alerts as they fire."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from kiln.config.schema import SentimentMonitorConfig
 
 
 def replay(
@@ -52,7 +55,7 @@ def replay(
     typer.echo(f"{len(monitor.windows)} windows, {len(monitor.alerts)} alerts")
 
 
-def _monitor_settings(recipe: Path | None, overrides: list[str] | None) -> tuple[object, float]:
+def _monitor_settings(recipe: Path | None, overrides: list[str] | None) -> tuple[SentimentMonitorConfig, float]:
     from kiln.config.schema import SentimentMonitorConfig
     from kiln.errors import ConfigError
 

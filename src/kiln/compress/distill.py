@@ -40,6 +40,7 @@ def distill_package(
             bigger than its teacher, or there are no training texts.
     """
     import kiln.runtime
+    from kiln.runtime.preprocessing import TextPreprocessor
     from kiln.runtime.weights import count_parameters, load_torch_model, save_torch_model
 
     require_text_torch(parent, parent_manifest, step="distill")
@@ -48,6 +49,9 @@ def distill_package(
     student = build_student(teacher, sizes, init=cfg.init)
     layer_map = sizes["layer_map"]
     predictor = kiln.runtime.load(parent, device="cpu", verify=False)
+    # require_text_torch passed: a text classifier.
+    assert isinstance(predictor, kiln.runtime.Predictor)
+    assert isinstance(predictor.preprocessor, TextPreprocessor)
     data = training_data(parent_manifest, examples, cfg, predictor)
     seed = int((parent_manifest.get("recipe") or {}).get("seed", 0))
     report = distill_model(

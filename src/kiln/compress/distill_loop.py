@@ -21,12 +21,15 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kiln.config.schema import DistillConfig
 from kiln.data.order import epoch_order
+
+if TYPE_CHECKING:
+    import torch
 
 UNLABELLED = -1  # label id of a text that only has the teacher's soft targets to learn from
 
@@ -183,7 +186,7 @@ def _hidden_loss(s_out: Any, t_out: Any, projection: Any, layer_map: list[int], 
 def _attention_loss(s_out: Any, t_out: Any, layer_map: list[int]) -> Any:
     import torch.nn.functional as F
 
-    total = 0.0
+    total: float | torch.Tensor = 0.0
     for i, t_idx in enumerate(layer_map):
         s_att, t_att = s_out.attentions[i].float(), t_out.attentions[t_idx].float()
         if s_att.shape[1] != t_att.shape[1]:

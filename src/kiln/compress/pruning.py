@@ -53,6 +53,7 @@ def prune_structured(
         raise CompressError("prune: no training inputs to rank heads and neurons with")
     model = load_torch_model(parent, parent_manifest)
     predictor = kiln.runtime.load(parent, device="cpu", verify=False)
+    assert isinstance(predictor, kiln.runtime.Predictor)  # an "hf" package, not a recommender
     labels = _label_ids(predictor.labels, examples.train_labels, len(inputs))
     head_scores, ffn_scores = importance_scores(
         model, predictor.preprocessor, inputs, labels, cfg.batch_size
@@ -118,10 +119,14 @@ def _recover(
     import kiln.runtime
     from kiln.compress.distill import training_data
     from kiln.compress.distill_loop import distill_model
+    from kiln.runtime.preprocessing import TextPreprocessor
     from kiln.runtime.weights import load_torch_model
 
     teacher = load_torch_model(parent, parent_manifest)
     predictor = kiln.runtime.load(parent, device="cpu", verify=False)
+    # prune_structured took an "hf" package: a text classifier.
+    assert isinstance(predictor, kiln.runtime.Predictor)
+    assert isinstance(predictor.preprocessor, TextPreprocessor)
     data = training_data(parent_manifest, examples, distill_cfg, predictor)
     n_layers = int(model.config.num_hidden_layers)
     return distill_model(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from kiln.compress.checks import check_against_parent
 from kiln.compress.errors import CompressError
@@ -17,6 +17,9 @@ from kiln.compress.examples import Examples
 from kiln.compress.packaging import ChildPackage, child_package
 from kiln.config.schema import CastConfig, QuantizeConfig
 from kiln.runtime.onnx_engine import ONNX_NAME
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +136,7 @@ def quantize_torch_dynamic(
         parent, parent_manifest, dest, transformation="quantize-torch", settings=settings
     ) as child:
         if parent_manifest["architecture"]["family"] == "hf":
-            model.config.to_json_file(str(child.staging / "config.json"))
+            cast("PreTrainedModel", model).config.to_json_file(str(child.staging / "config.json"))
         qmodel = quantize_linear_dynamic(model, per_channel=cfg.per_channel)
         state, modules = int8_state_dict(qmodel)
         save_file(state, str(child.staging / WEIGHTS_NAME), metadata={"format": "pt"})

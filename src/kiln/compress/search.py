@@ -175,6 +175,7 @@ def measure_candidate(path: Path, examples: Examples, budget: SearchConfig) -> d
     from kiln.evaluate.speed import measure_speed, package_size_bytes
 
     predictor = kiln.runtime.load(path, device="cpu", num_threads=budget.num_threads, verify=False)
+    assert isinstance(predictor, kiln.runtime.Predictor)  # search() took a text classifier package
     index = {name: i for i, name in enumerate(predictor.labels)}
     truth = np.array([index.get(str(label), -1) for label in examples.eval_labels or []])
     predicted = logits_of_inputs(predictor, examples.eval_inputs).argmax(axis=1)
@@ -307,6 +308,7 @@ def _finish(
             latency_ratio=reference["latency_p50_ms"] / chosen["latency_p50_ms"],
         )
     report = out / "search.json"
+    pareto: list[str] = [rows[i]["id"] for i in front]
     payload = {
         "budget": {
             "target_latency_ms": budget.target_latency_ms,
@@ -317,7 +319,7 @@ def _finish(
         "teacher": reference,
         "candidates": rows,
         "skipped": state.skipped,
-        "pareto": [rows[i]["id"] for i in front],
+        "pareto": pareto,
         "chosen": chosen,
         "failure": failure,
     }
@@ -326,7 +328,7 @@ def _finish(
         teacher=reference,
         candidates=rows,
         skipped=state.skipped,
-        pareto=payload["pareto"],
+        pareto=pareto,
         chosen=chosen,
         failure=failure,
         report=report,

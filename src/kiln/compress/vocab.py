@@ -16,13 +16,16 @@ import collections
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from kiln.compress.checks import check_against_parent
 from kiln.compress.errors import CompressError
 from kiln.compress.examples import Examples
 from kiln.compress.packaging import child_package
 from kiln.config.schema import VocabConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def trim_vocabulary(
@@ -46,7 +49,7 @@ def trim_vocabulary(
         raise CompressError("vocab: no training texts to find the tokens in use")
     tokenizer_json = json.loads((parent / prep["tokenizer_file"]).read_text(encoding="utf-8"))
     keep = kept_token_ids(tokenizer_json, texts, cfg)
-    model = load_torch_model(parent, parent_manifest)
+    model = cast("PreTrainedModel", load_torch_model(parent, parent_manifest))  # family "hf", checked above
     old_vocab = model.config.vocab_size
     params_before = count_parameters(model)
     max_length = int(prep["max_length"])

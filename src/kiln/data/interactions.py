@@ -89,7 +89,7 @@ def _movielens100k() -> Interactions:
 
 def _read_atomic(path: object) -> pd.DataFrame:
     # RecBole's atomic files: tab-separated, headers "name:type"; keep every value a string.
-    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)  # type: ignore[call-overload]
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     return frame.rename(columns=lambda c: c.split(":")[0])
 
 

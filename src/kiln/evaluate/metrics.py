@@ -77,7 +77,7 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: str)
         for i in range(len(labels)):
             for j in range(len(labels)):
                 colour = "white" if normalised[i, j] > 0.5 else "black"
-                ax.text(j, i, int(counts[i, j]), ha="center", va="center", color=colour, fontsize=8)
+                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", color=colour, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -48,7 +48,9 @@ def jensen_shannon(reference: np.ndarray, current: np.ndarray) -> float:
     return float(jensenshannon(reference, current, base=2))
 
 
-def numeric_drift(column: str, reference: Sequence[float], current: Sequence[float]) -> ColumnDrift:
+def numeric_drift(
+    column: str, reference: Sequence[float] | np.ndarray, current: Sequence[float] | np.ndarray
+) -> ColumnDrift:
     """Compare a numeric statistic's reference values with the window's values."""
     from scipy import stats
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from kiln.runtime import Predictor
+from kiln.runtime.preprocessing import ImagePreprocessor, TextPreprocessor
 
 PIXEL_BINS = 16  # pixel-intensity histogram bins on the 0..1 scale
 
@@ -54,7 +55,8 @@ def numeric_features(
     """Numeric statistics per input: ``length``/``unk_rate``/``emb_i`` for text, intensities for images."""
     if predictor.manifest["preprocessing"]["kind"] == "text":
         return _text_features(predictor, inputs, projection)
-    unit = predictor.preprocessor.to_unit(inputs)  # type: ignore[union-attr]
+    assert isinstance(predictor.preprocessor, ImagePreprocessor)
+    unit = predictor.preprocessor.to_unit(inputs)
     flat = unit.reshape(len(unit), -1)
     return {"mean_intensity": flat.mean(axis=1), "std_intensity": flat.std(axis=1)}
 
@@ -63,7 +65,8 @@ def pixel_counts(predictor: Predictor, inputs: Sequence[Any]) -> np.ndarray | No
     """Pixel-intensity histogram counts over all images (None for text)."""
     if predictor.manifest["preprocessing"]["kind"] != "image":
         return None
-    unit = predictor.preprocessor.to_unit(inputs)  # type: ignore[union-attr]
+    assert isinstance(predictor.preprocessor, ImagePreprocessor)
+    unit = predictor.preprocessor.to_unit(inputs)
     counts, _ = np.histogram(np.clip(unit, 0.0, 1.0), bins=PIXEL_BINS, range=(0.0, 1.0))
     return counts
 
@@ -80,7 +83,8 @@ def embeddings_of(predictor: Predictor, inputs: Sequence[Any], batch_size: int =
 
 
 def _text_features(predictor: Predictor, texts: Sequence[Any], projection: Projection | None) -> dict[str, np.ndarray]:
-    tokenizer = predictor.preprocessor.tokenizer  # type: ignore[union-attr]
+    assert isinstance(predictor.preprocessor, TextPreprocessor)
+    tokenizer = predictor.preprocessor.tokenizer
     unk_id = tokenizer.token_to_id("[UNK]")
     encodings = tokenizer.encode_batch([str(t) for t in texts])
     special = {tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")} - {None}

@@ -65,6 +65,7 @@ def write_reference_profile(package_dir: str | Path, inputs: Sequence[Any]) -> d
 
     folder = Path(package_dir)
     predictor = load(folder, device="cpu")
+    assert isinstance(predictor, Predictor)  # written for classifier packages only
     profile = build_profile(predictor, inputs)
     path = folder / PROFILE_NAME
     path.write_text(json.dumps(profile) + "\n", encoding="utf-8")

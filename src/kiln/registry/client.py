@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kiln.config.home import kiln_home
 from kiln.registry.artifacts import ArtifactStore
-from kiln.registry.db import kiln_home
 from kiln.registry.domain import AliasMove, LineageEdge, Model, ModelVersion, Run
 from kiln.registry.errors import BadReferenceError, NotFoundError
 from kiln.registry.references import LATEST, check_model_name, is_reference, parse_reference

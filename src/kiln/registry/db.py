@@ -79,7 +79,7 @@ def is_postgresql(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-def _alembic_config(connection: Connection) -> Any:
+def _alembic_config(connection: Connection | None) -> Any:
     from alembic.config import Config
 
     cfg = Config()
@@ -92,7 +92,7 @@ def head_revision() -> str:
     """The newest migration shipped with this Kiln."""
     from alembic.script import ScriptDirectory
 
-    cfg = _alembic_config(None)  # type: ignore[arg-type]
+    cfg = _alembic_config(None)
     head = ScriptDirectory.from_config(cfg).get_current_head()
     assert head is not None
     return head

@@ -7,10 +7,16 @@ so a package loads without the training code.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from torch.utils.hooks import RemovableHandle
+    from transformers import PreTrainedModel
 
 # BERT sizes after Turc et al. 2019 ("Well-Read Students Learn Better"), the sizes Google
 # released as compact BERTs: (layers, hidden, heads).
@@ -77,7 +83,9 @@ def bert_config(*, size: str, vocab_size: int, num_labels: int, max_length: int,
 
     layers, hidden, heads = BERT_SIZES[size]
     drop = 0.1 if dropout is None else dropout
-    return BertConfig(
+    # BertConfig's typed signature (a strict dataclass) lists only its own fields; num_labels is
+    # a PreTrainedConfig setting that it accepts as an extra keyword at runtime.
+    return BertConfig(  # type: ignore[call-arg]
         vocab_size=vocab_size,
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -104,7 +112,7 @@ def build_text_classifier(config: Any) -> nn.Module:
 
 
 @functools.cache
-def mean_pooling_classifier_class() -> type:
+def mean_pooling_classifier_class() -> type[PreTrainedModel]:
     """``BertForSequenceClassification`` with a mean-pooling head.
 
     Sentence encoders such as all-MiniLM-L6-v2 were trained with mean pooling (Reimers &
@@ -151,9 +159,47 @@ def logits_of(model: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tens
     return out if isinstance(out, torch.Tensor) else out.logits
 
 
-def encoder_layers(model: nn.Module) -> list[nn.Module]:
+class DenseBlock(Protocol):
+    """A block of an encoder layer around one Linear (``intermediate``, ``output``, ``attention.output``)."""
+
+    dense: nn.Linear
+
+    def register_forward_hook(self, hook: Callable[..., Any]) -> RemovableHandle: ...
+
+
+class SelfAttention(Protocol):
+    """The attention projections of an encoder layer (``attention.self``)."""
+
+    num_attention_heads: int
+    attention_head_size: int
+    all_head_size: int
+
+    def register_forward_hook(self, hook: Callable[..., Any]) -> RemovableHandle: ...
+
+
+class Attention(Protocol):
+    """The attention block of an encoder layer (``attention``)."""
+
+    self: SelfAttention
+    output: DenseBlock
+
+
+class EncoderLayer(Protocol):
+    """The parts of a BERT encoder layer that pruning and ``resize_bert_layers`` change.
+
+    ``nn.Module.__getattr__`` is typed ``Tensor | Module``, which fits neither the submodules
+    nor the plain int attributes of HF's layers.
+    """
+
+    attention: Attention
+    intermediate: DenseBlock
+    output: DenseBlock
+
+
+def encoder_layers(model: nn.Module) -> list[EncoderLayer]:
     """The transformer layers of a BERT-like classifier (``model.<base>.encoder.layer``)."""
-    base = getattr(model, model.base_model_prefix)  # type: ignore[arg-type]
+    # base_model_prefix is a str class attribute of transformers' PreTrainedModel.
+    base = getattr(model, cast("PreTrainedModel", model).base_model_prefix)
     return list(base.encoder.layer)
 
 

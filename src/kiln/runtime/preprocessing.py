@@ -71,7 +71,7 @@ class ImagePreprocessor:
         self.mean = float(mean)
         self.std = float(std)
 
-    def to_unit(self, images: Sequence[Any]) -> np.ndarray:
+    def to_unit(self, images: Sequence[Any] | np.ndarray) -> np.ndarray:
         """Raw images (nested lists or arrays, flat or shaped) as float32 in 0..1, shape (N,C,H,W)."""
         if isinstance(images, (str, bytes)) or len(images) == 0:
             raise InputError("expected a non-empty list of images")
@@ -120,8 +120,10 @@ class ImagePreprocessor:
                         f"{width}x{height}, so the aspect ratio must be within {ASPECT_TOLERANCE:.0%} of "
                         f"{expected:.2f}; crop or pad it first"
                     )
-                img = img.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
-                pixels = np.asarray(img, dtype=np.float32)
+                resized = img.convert("L" if channels == 1 else "RGB").resize(
+                    (width, height), Image.Resampling.BILINEAR
+                )
+                pixels = np.asarray(resized, dtype=np.float32)
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
             raise InputError(f"{where}: bytes are not an image file Pillow can read (PNG, JPEG...)") from None
         pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
@@ -132,7 +134,7 @@ class ImagePreprocessor:
         """Features from images already on the 0..1 scale."""
         return {"pixel_values": ((unit - self.mean) / self.std).astype(np.float32)}
 
-    def __call__(self, images: Sequence[Any]) -> dict[str, np.ndarray]:
+    def __call__(self, images: Sequence[Any] | np.ndarray) -> dict[str, np.ndarray]:
         return self.normalize(self.to_unit(images))
 
 

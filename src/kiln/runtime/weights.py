@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from kiln.errors import PackageError
 from kiln.runtime.architectures import build_cnn, build_text_classifier, resize_bert_layers
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -19,7 +22,7 @@ def save_torch_model(model: nn.Module, folder: Path, architecture: dict[str, Any
     from safetensors.torch import save_file
 
     if architecture["family"] == "hf":
-        model.config.to_json_file(str(folder / "config.json"))  # type: ignore[operator]
+        cast("PreTrainedModel", model).config.to_json_file(str(folder / "config.json"))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     return dict(architecture, weights=WEIGHTS_NAME)

@@ -17,7 +17,7 @@ import numpy as np
 
 from kiln.errors import KilnError
 from kiln.runtime import Predictor
-from kiln.runtime.preprocessing import InputError
+from kiln.runtime.preprocessing import ImagePreprocessor, InputError, TextPreprocessor
 from kiln.runtime.recommender import Recommender, RecommendQuery
 
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)@(?P<tag>[A-Za-z0-9_.-]+)$")
@@ -57,7 +57,7 @@ def resolve_source(source: str) -> ResolvedSource:
             f"{source}: not a package folder, nor a reference name@version / name@alias"
         )
     try:
-        from kiln.registry import resolve_reference  # type: ignore[attr-defined]
+        from kiln.registry import resolve_reference
     except ImportError:
         raise ModelLoadError(
             f"{source}: registry references need the Kiln registry, which is not available "
@@ -126,7 +126,7 @@ class ServedModel:
                 raise InputError(
                     f"model {self.name!r} is a recommendation model; use POST /v1/models/{self.name}:recommend"
                 )
-            return self.predictor.check(inputs)  # type: ignore[union-attr]
+            return self._recommender().check(inputs)
         if self.kind == "text":
             for i, text in enumerate(inputs):
                 if not isinstance(text, str):
@@ -134,7 +134,7 @@ class ServedModel:
             return inputs
         size = int(np.prod(self.image_shape))
         checked = []
-        prep = self.predictor.preprocessor  # type: ignore[union-attr]
+        prep = self._image_preprocessor()
         for i, image in enumerate(inputs):
             if isinstance(image, (str, bytes)):
                 checked.append(prep.decode(image, where=f"inputs[{i}]"))
@@ -160,16 +160,16 @@ class ServedModel:
         if self.kind == "text":
             return self._predict_texts(inputs)
         if self.kind == "recommendation":
-            return self.predictor.recommend(inputs)  # type: ignore[union-attr]
-        prep = self.predictor.preprocessor
-        probs = _softmax(self.predictor.engine(prep.normalize(prep.to_unit(inputs))))  # type: ignore[union-attr]
+            return self._recommender().recommend(inputs)
+        prep = self._image_preprocessor()
+        probs = _softmax(self._classifier().engine(prep.normalize(prep.to_unit(inputs))))
         return [self._output(row) for row in probs]
 
     def warm_up(self) -> None:
         """Run a few batches so the first real request does not pay one-off costs."""
         for n in (1, min(4, self.chunk_size)):
             if self.kind == "recommendation":
-                users = self.predictor.user_ids[:n]  # type: ignore[union-attr]
+                users = self._recommender().user_ids[:n]
                 self.predict_batch([RecommendQuery(user_id=u) for u in users])
             elif self.kind == "text":
                 self.predict_batch(["warm up the model"] * n)
@@ -177,19 +177,35 @@ class ServedModel:
                 self.predict_batch([np.zeros(self.image_shape, dtype=np.float32)] * n)
 
     def _predict_texts(self, texts: list[str]) -> list[dict[str, Any]]:
-        prep = self.predictor.preprocessor
-        encodings = prep.tokenizer.encode_batch(texts)  # type: ignore[union-attr]
+        predictor = self._classifier()
+        prep = predictor.preprocessor
+        assert isinstance(prep, TextPreprocessor)  # kind "text"
+        encodings = prep.tokenizer.encode_batch(texts)
         ids = [enc.ids for enc in encodings]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         probs = np.empty((len(ids), len(self.labels)), dtype=np.float32)
         for start in range(0, len(order), self.chunk_size):
             chunk = order[start : start + self.chunk_size]
-            logits = self.predictor.engine(prep.collate([ids[i] for i in chunk]))  # type: ignore[union-attr]
+            logits = predictor.engine(prep.collate([ids[i] for i in chunk]))
             probs[chunk] = _softmax(logits)
         return [
             self._output(row, truncated=bool(enc.overflowing))
             for row, enc in zip(probs, encodings, strict=True)
         ]
+
+    def _classifier(self) -> Predictor:
+        # ``kind`` tells the two apart: "recommendation" for a Recommender, "text" or "image" else.
+        assert isinstance(self.predictor, Predictor)
+        return self.predictor
+
+    def _recommender(self) -> Recommender:
+        assert isinstance(self.predictor, Recommender)
+        return self.predictor
+
+    def _image_preprocessor(self) -> ImagePreprocessor:
+        prep = self._classifier().preprocessor
+        assert isinstance(prep, ImagePreprocessor)  # kind "image"
+        return prep
 
     def _output(self, row: np.ndarray, truncated: bool | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -146,6 +146,7 @@ class ModelRepository:
             loaded = await self.load_version(name, version, source, batching=model_cfg.batching)
             name = loaded.model.name
         if model_cfg.canary or model_cfg.sticky_header:
+            assert name is not None  # versions holds at least one entry, so a loaded model named it
             self.set_routing(name, model_cfg.canary, model_cfg.sticky_header)
 
     async def load_version(

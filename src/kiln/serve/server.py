@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from kiln.serve.config import ModelConfig, ServeConfig
 from kiln.serve.models import read_source_identity
@@ -60,7 +61,7 @@ def run(config: ServeConfig) -> None:
     for model in config.models:
         for source in model.versions.values():
             read_source_identity(source)  # fail fast, before binding, on a source that is wrong
-    common = dict(
+    common: dict[str, Any] = dict(
         host=config.host,
         port=config.port,
         loop="uvloop",
@@ -71,7 +72,7 @@ def run(config: ServeConfig) -> None:
     )
     if config.workers == 1:
         app = create_app(config)
-        uvicorn.Server(uvicorn.Config(app, **common)).run()  # type: ignore[arg-type]
+        uvicorn.Server(uvicorn.Config(app, **common)).run()
         return
     create_app(config)  # validate tokens and bind address once, in the parent
     os.environ["KILN_SERVE_CONFIG"] = config.model_dump_json()
@@ -79,5 +80,5 @@ def run(config: ServeConfig) -> None:
         "kiln.serve.app:app_from_environment",
         factory=True,
         workers=config.workers,
-        **common,  # type: ignore[arg-type]
+        **common,
     )

@@ -51,6 +51,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
 
     import kiln.data
     from kiln.monitor.profile import write_reference_profile
+    from kiln.runtime.preprocessing import ImagePreprocessor, TextPreprocessor
     from kiln.runtime.weights import write_torch_package
     from kiln.train.distributed import barrier, init_from_env, shutdown
     from kiln.train.features import ImageFeatures, TextFeatures
@@ -76,9 +77,11 @@ def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
         # Same initial weights on every rank (seeded above); dropout differs per rank.
         torch.manual_seed(recipe.train_seed + info.rank)
         if dataset.kind == "text":
+            assert isinstance(built.preprocessor, TextPreprocessor)  # build_model follows dataset.kind
             train_features: Any = TextFeatures(built.preprocessor, list(dataset.train.inputs))
             val_features: Any = TextFeatures(built.preprocessor, list(dataset.validation.inputs))
         else:
+            assert isinstance(built.preprocessor, ImagePreprocessor)
             train_features = ImageFeatures(built.preprocessor, dataset.train.inputs, recipe.data.augment.image)
             val_features = ImageFeatures(built.preprocessor, dataset.validation.inputs)
 

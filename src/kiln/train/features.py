@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -35,7 +38,7 @@ class ImageFeatures:
     def __init__(
         self,
         preprocessor: ImagePreprocessor,
-        images: np.ndarray,
+        images: Sequence[Any] | np.ndarray,
         augment: ImageAugmentConfig | None = None,
     ) -> None:
         self.preprocessor = preprocessor
