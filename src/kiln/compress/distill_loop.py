@@ -131,7 +131,7 @@ def distill_model(
             parts = {"soft": soft_target_loss(s_out.logits.float(), t_out.logits.float(), cfg.temperature)}
             labelled = labels != UNLABELLED
             if alpha < 1.0 and bool(labelled.any()):
-                parts["hard"] = torch.nn.functional.cross_entropy(s_out.logits[labelled], labels[labelled])
+                parts["hard"] = torch.nn.functional.cross_entropy(s_out.logits[labelled].float(), labels[labelled])
             loss = alpha * parts["soft"] + (1 - alpha) * parts.get("hard", 0.0)
             mask = tensors["attention_mask"].float()
             if projection is not None:

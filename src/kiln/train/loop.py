@@ -153,7 +153,11 @@ def fit(
                 step_loss = 0.0
                 shards = np.array_split(global_index[info.rank :: world], accum)
                 for k, micro in enumerate(shards):
-                    sync = contextlib.nullcontext() if (k == accum - 1 or not info.is_distributed) else net.no_sync()  # type: ignore[operator]
+                    sync = (
+                        contextlib.nullcontext()
+                        if (k == accum - 1 or not isinstance(net, nn.parallel.DistributedDataParallel))
+                        else net.no_sync()
+                    )
                     with sync:
                         rng = np.random.default_rng([seed, state.epoch, b, k, info.rank])
                         features = {key: t.to(info.device) for key, t in train.batch(micro, rng).items()}
