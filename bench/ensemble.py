@@ -1,10 +1,12 @@
 """How far averaging several trained packages moves accuracy: a ceiling check for one recipe.
 
 Every package is scored on the validation and test splits of the recipe recorded in the first
-package (all must share its labels and data fingerprint); the script prints each package's
-accuracy, the accuracy of the mean of all their class probabilities, and, with ``--lexical``,
-the best mix of that mean with a TF-IDF + logistic regression model fitted on the train split
-(the mixing weight chosen on validation, then read on test).
+package (all must share its labels and data fingerprint, and the rebuilt splits must match
+it); the script prints each package's accuracy, the accuracy of the mean of all their class
+probabilities, and, for text, with ``--lexical``, the best mix of that mean with a TF-IDF +
+logistic regression model fitted on the train split (the mixing weight chosen on validation,
+then read on test). Validation also chose each model's best checkpoint, so only the test
+column is untouched by selection.
 
     python bench/ensemble.py PACKAGE [PACKAGE ...] [--lexical]
 """
@@ -31,8 +33,10 @@ def main() -> None:
 
     first = read_manifest(args.packages[0])
     data = kiln.data.run(parse_recipe(first["recipe"], source=f"{args.packages[0]}/kiln.json recipe"))
+    if data.fingerprint != first.get("data_fingerprint"):
+        raise SystemExit(f"{args.packages[0]}: its recipe's data no longer has the fingerprint it was trained on")
     splits = {"validation": data.validation, "test": data.test}
-    probs: dict[str, dict[str, np.ndarray]] = {name: {} for name in splits}
+    probs: dict[str, list[np.ndarray]] = {name: [] for name in splits}
     rows = []
     for path in args.packages:
         manifest = read_manifest(path)
@@ -45,12 +49,12 @@ def main() -> None:
         for name, split in splits.items():
             inputs = list(split.inputs)
             p = np.concatenate([predictor.predict_proba(inputs[i : i + 64]) for i in range(0, len(inputs), 64)])
-            probs[name][str(path)] = p
+            probs[name].append(p)
             row[name] = round(float((p.argmax(1) == np.asarray(split.labels)).mean()), 4)
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    mean = {name: sum(probs[name].values()) / len(args.packages) for name in splits}
+    mean = {name: np.mean(probs[name], axis=0) for name in splits}
     summary = {
         "ensemble_of": len(args.packages),
         **{name: round(float((mean[name].argmax(1) == np.asarray(s.labels)).mean()), 4) for name, s in splits.items()},
@@ -58,6 +62,8 @@ def main() -> None:
     print(json.dumps(summary))
 
     if args.lexical:
+        if data.kind != "text":
+            raise SystemExit("--lexical mixes in a TF-IDF model and needs a text recipe")
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
@@ -66,6 +72,8 @@ def main() -> None:
             TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True), LogisticRegression(max_iter=2000, C=10)
         )
         lexical.fit(list(data.train.inputs), data.train.labels)
+        # predict_proba's columns follow classes_; the labels are 0..K-1, all present in train.
+        assert list(lexical.classes_) == list(range(len(data.label_names)))
         lex = {name: lexical.predict_proba(list(s.inputs)) for name, s in splits.items()}
 
         def accuracy(name: str, weight: float) -> float:

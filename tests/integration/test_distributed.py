@@ -3,9 +3,13 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.helpers import kiln_cli, tiny_text_recipe, write_recipe
+import kiln.data
+import kiln.runtime
+from kiln.config import parse_recipe
+from tests.helpers import kiln_cli, tiny_image_recipe, tiny_text_recipe, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -46,3 +50,20 @@ def test_train_two_processes_matches_one_process_and_package_evaluates(tmp_path:
     report = json.loads(evaluated.stdout)
     assert report["n"] > 0 and 0.0 <= report["accuracy"] <= 1.0
     assert report["data_fingerprint_matches"] is True
+
+
+def test_two_processes_with_weight_average_and_batch_norm_score_the_packaged_model(tmp_path: Path) -> None:
+    # Each rank updates batch norm statistics on its own shard; the weight average takes rank 0's,
+    # as DDP does, so every rank evaluates the same model and the package is the model scored.
+    raw = tiny_image_recipe(tmp_path / "run", epochs=2, ema_decay=0.9, eval_every_steps=10)
+    result = kiln_cli("train", str(write_recipe(tmp_path / "digits.yaml", raw)), "--nproc-per-node", "2")
+    assert result.returncode == 0, result.stderr
+
+    recipe = parse_recipe(raw)
+    manifest = json.loads((tmp_path / "run" / "package" / "kiln.json").read_text())
+    assert manifest["lineage"]["settings"]["world_size"] == 2
+    validation = kiln.data.run(recipe).validation
+    probs = kiln.runtime.load(tmp_path / "run" / "package").predict_proba(validation.inputs)
+    labels = np.asarray(validation.labels)
+    loss = float(-np.log(probs[np.arange(len(labels)), labels]).mean())
+    assert manifest["metrics"]["validation"]["loss"] == pytest.approx(loss, abs=1e-5)

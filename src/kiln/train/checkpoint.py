@@ -96,6 +96,11 @@ def load_checkpoint(ckpt: Checkpoint, model: nn.Module, *, average: nn.Module | 
                 "train.ema_decay set; resume with the run's own settings or start again without --resume"
             )
         average.load_state_dict(load_file(str(ckpt.path / AVERAGE_FILE)))
+    elif (ckpt.path / AVERAGE_FILE).is_file():
+        raise ConfigError(
+            f"{ckpt.path}: this checkpoint was written with train.ema_decay set and its run evaluated and "
+            "kept the weight average; resume with the run's own train.ema_decay or start again without --resume"
+        )
     return torch.load(ckpt.path / "trainer.pt", weights_only=True)
 
 

@@ -68,6 +68,13 @@ def all_reduce_sum(info: DistInfo, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_from_main(info: DistInfo, tensors: list[torch.Tensor]) -> None:
+    """Overwrite each tensor on every rank with rank 0's copy, in place (no-op when alone)."""
+    if info.is_distributed:
+        for tensor in tensors:
+            dist.broadcast(tensor, src=0)
+
+
 def gather_objects(info: DistInfo, obj: object) -> list[object]:
     """Every rank's ``obj``, in rank order (just ``[obj]`` when alone)."""
     if not info.is_distributed:

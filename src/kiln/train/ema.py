@@ -32,6 +32,10 @@ class WeightAverage:
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
+    def float_buffers(self) -> list[torch.Tensor]:
+        """The average's floating-point buffers: batch norm statistics, which each rank updates on its own shard."""
+        return [b for b in self.shadow.buffers() if b.is_floating_point()]
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         decay = self.current_decay()

@@ -31,7 +31,7 @@ from kiln.errors import ConfigError
 from kiln.progress import progress_bar
 from kiln.runtime.architectures import logits_of
 from kiln.train.checkpoint import latest_checkpoint, load_checkpoint, remove_stale, save_checkpoint
-from kiln.train.distributed import DistInfo, all_reduce_sum, barrier, gather_objects
+from kiln.train.distributed import DistInfo, all_reduce_sum, barrier, broadcast_from_main, gather_objects
 from kiln.train.ema import WeightAverage
 from kiln.train.optim import build_optimizer, build_scheduler
 
@@ -171,6 +171,9 @@ def fit(
                 scheduler.step()
                 if ema is not None:
                     ema.update(model)
+                    # Buffers such as batch norm's running statistics are updated by each rank's
+                    # own shard; DDP runs every forward with rank 0's, so the average takes those.
+                    broadcast_from_main(info, ema.float_buffers())
                 state.step += 1
                 state.batch_in_epoch += 1
                 state.samples_seen += len(global_index)

@@ -119,8 +119,8 @@ def check_settings(recipe: Recipe) -> None:
     ]
     if given:
         raise ConfigError(
-            f"{', '.join(given)}: classifier training settings; the recommender trains its two towers "
-            "with an in-batch softmax and takes none of layer_lr_decay, label_smoothing, rdrop_alpha, ema_decay"
+            f"{', '.join(given)}: classifier training settings; recommenders train with their own "
+            "objective and take none of layer_lr_decay, label_smoothing, rdrop_alpha, ema_decay"
         )
 
 

@@ -1,16 +1,24 @@
 """R-Drop and weight averaging in the training loop, seen through the run folder and the package."""
 
+import json
 import shutil
 from pathlib import Path
+from unittest.mock import patch
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
+import kiln.data
+import kiln.runtime
 import kiln.train
 from kiln.config import parse_recipe
+from kiln.config.schema import TrainConfig
 from kiln.errors import ConfigError
 from kiln.train.ema import WeightAverage
+from kiln.train.loop import _training_loss
 from tests.helpers import ROOT, kiln_cli, tiny_image_recipe, tiny_text_recipe, train_losses
 
 
@@ -45,6 +53,39 @@ def test_rdrop_without_dropout_adds_nothing_to_the_loss(tmp_path: Path) -> None:
     assert first("rdrop", rdrop_alpha=4.0) == pytest.approx(first("plain"), abs=1e-6)
 
 
+def test_rdrop_gradient_is_that_of_cross_entropy_plus_alpha_times_symmetric_kl() -> None:
+    # The loop's objective against one written out here, on the same two dropout draws: equal
+    # gradients, and different from alpha = 0 (so the divergence really trains the model).
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(16, 3))
+    features = {"x": torch.randn(8, 6, generator=torch.Generator().manual_seed(0))}
+    target = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+
+    def gradient(loss_of: object) -> torch.Tensor:
+        net.zero_grad()
+        torch.manual_seed(5)
+        loss_of().backward()  # type: ignore[operator]
+        return torch.cat([p.grad.flatten() for p in net.parameters()])
+
+    def by_hand(alpha: float) -> torch.Tensor:
+        logits = net(torch.cat([features["x"], features["x"]]))
+        p, q = logits.chunk(2)
+        ce = 0.5 * (F.cross_entropy(p, target, reduction="sum") + F.cross_entropy(q, target, reduction="sum"))
+        lp, lq = p.log_softmax(-1), q.log_softmax(-1)
+        kl = 0.5 * ((lp.exp() * (lp - lq)).sum() + (lq.exp() * (lq - lp)).sum())
+        return ce + alpha * kl
+
+    plain_autocast = torch.autocast("cpu", enabled=False)
+    with patch("kiln.train.loop.logits_of", lambda model, feats: model(feats["x"])):
+        loop_grad = gradient(
+            lambda: _training_loss(net, features, target, TrainConfig(rdrop_alpha=2.0), plain_autocast)
+        )
+        no_kl_grad = gradient(
+            lambda: _training_loss(net, features, target, TrainConfig(rdrop_alpha=1e-9), plain_autocast)
+        )
+    torch.testing.assert_close(loop_grad, gradient(lambda: by_hand(2.0)), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(loop_grad, no_kl_grad, atol=1e-4)
+
+
 def test_weight_average_ramps_its_decay_and_copies_integer_buffers() -> None:
     model = torch.nn.Linear(2, 1, bias=False)
     model.register_buffer("steps", torch.tensor([0]))
@@ -68,25 +109,39 @@ def _tokenizer(tmp_path: Path) -> Path:
     return tmp_path / "tok" / "tokenizer.json"
 
 
-def _ema_recipe(run_dir: Path, tokenizer: Path) -> dict:
+def _ema_recipe(run_dir: Path, tokenizer: Path, **train: object) -> dict:
+    settings: dict[str, object] = {"epochs": 1, **train}
     raw = tiny_text_recipe(
-        run_dir, epochs=1, ema_decay=0.9, checkpoint_every_steps=3, keep_checkpoints=20, log_every_steps=1
+        run_dir, ema_decay=0.9, checkpoint_every_steps=3, keep_checkpoints=40, log_every_steps=1, **settings
     )
     raw["model"]["tokenizer_file"] = str(tokenizer)
     return raw
 
 
-def test_ema_packages_the_averaged_weights(tmp_path: Path) -> None:
+def test_ema_evaluates_keeps_and_packages_the_best_average(tmp_path: Path) -> None:
+    # An evaluation every 3 steps, each with its checkpoint: the package is the average at the
+    # best evaluation, and its recorded validation metrics are those of the packaged weights.
     run_dir = tmp_path / "run"
-    kiln.train.run(parse_recipe(_ema_recipe(run_dir, _tokenizer(tmp_path))))
-    last = sorted((run_dir / "checkpoints").iterdir())[-1]
+    recipe = parse_recipe(_ema_recipe(run_dir, _tokenizer(tmp_path), epochs=2, eval_every_steps=3))
+    kiln.train.run(recipe)
+    evals = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["type"] == "eval"]
+    assert len(evals) >= 5
+    best = next(r for r in evals if r["accuracy"] == max(e["accuracy"] for e in evals))
     packaged = load_file(str(run_dir / "package" / "model.safetensors"))
-    averaged = load_file(str(last / "average.safetensors"))
-    raw = load_file(str(last / "model.safetensors"))
+    averaged = load_file(str(run_dir / "checkpoints" / f"step-{best['step']:08d}" / "average.safetensors"))
+    raw = load_file(str(run_dir / "checkpoints" / f"step-{best['step']:08d}" / "model.safetensors"))
     assert packaged.keys() == averaged.keys()
     for name, tensor in packaged.items():
         torch.testing.assert_close(tensor, averaged[name])
     assert any(not torch.allclose(raw[n], averaged[n]) for n in raw if raw[n].is_floating_point())
+
+    manifest = json.loads((run_dir / "package" / "kiln.json").read_text())
+    validation = kiln.data.run(recipe).validation
+    probs = kiln.runtime.load(run_dir / "package").predict_proba(list(validation.inputs))
+    labels = np.asarray(validation.labels)
+    assert manifest["metrics"]["validation"]["accuracy"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
+    loss = float(-np.log(probs[np.arange(len(labels)), labels]).mean())
+    assert manifest["metrics"]["validation"]["loss"] == pytest.approx(loss, abs=1e-4)
 
 
 def test_ema_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
@@ -109,11 +164,14 @@ def test_ema_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
         torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=1e-5)
 
 
-def test_resuming_a_run_without_an_average_with_ema_on_is_refused(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    kiln.train.run(parse_recipe(tiny_text_recipe(run_dir, max_steps=3, checkpoint_every_steps=2)))
+def test_resuming_with_a_different_ema_setting_is_refused(tmp_path: Path) -> None:
+    plain, averaged = tmp_path / "plain", tmp_path / "averaged"
+    kiln.train.run(parse_recipe(tiny_image_recipe(plain, max_steps=3, checkpoint_every_steps=2)))
+    kiln.train.run(parse_recipe(tiny_image_recipe(averaged, max_steps=3, checkpoint_every_steps=2, ema_decay=0.9)))
     with pytest.raises(ConfigError, match="no weight average"):
-        kiln.train.run(parse_recipe(tiny_text_recipe(run_dir, max_steps=3, ema_decay=0.9)), resume=True)
+        kiln.train.run(parse_recipe(tiny_image_recipe(plain, max_steps=3, ema_decay=0.9)), resume=True)
+    with pytest.raises(ConfigError, match="written with train.ema_decay set"):
+        kiln.train.run(parse_recipe(tiny_image_recipe(averaged, max_steps=3)), resume=True)
 
 
 def test_recommender_refuses_classifier_training_settings(tmp_path: Path) -> None:
