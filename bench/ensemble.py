@@ -64,13 +64,9 @@ def main() -> None:
     if args.lexical:
         if data.kind != "text":
             raise SystemExit("--lexical mixes in a TF-IDF model and needs a text recipe")
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
+        from quality import text_baseline  # bench/quality.py, beside this script
 
-        lexical = make_pipeline(
-            TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True), LogisticRegression(max_iter=2000, C=10)
-        )
+        lexical = text_baseline()
         lexical.fit(list(data.train.inputs), data.train.labels)
         # predict_proba's columns follow classes_; the labels are 0..K-1, all present in train.
         assert list(lexical.classes_) == list(range(len(data.label_names)))

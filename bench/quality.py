@@ -19,25 +19,34 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"sentiment": 0.80, "intent": 0.90, "finance": 0.85, "digits": 0.97}
 
 
-def baseline_accuracy(recipe_path: Path) -> float:
+def text_baseline() -> Any:
+    """TF-IDF (1-2 grams) + logistic regression, the lexical baseline every text row compares with."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
+    return make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True), LogisticRegression(max_iter=2000, C=10)
+    )
+
+
+def baseline_accuracy(recipe_path: Path) -> float:
     import kiln.data
     from kiln.config import load_recipe
 
     data = kiln.data.run(load_recipe(recipe_path))
     if data.kind == "text":
-        tfidf = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)
-        model = make_pipeline(tfidf, LogisticRegression(max_iter=2000, C=10))
+        model = text_baseline()
         model.fit(list(data.train.inputs), data.train.labels)
         return float(model.score(list(data.test.inputs), data.test.labels))
+    from sklearn.linear_model import LogisticRegression
+
     flat = lambda x: x.reshape(len(x), -1) / data.image_max_value  # noqa: E731
     model = LogisticRegression(max_iter=2000)
     model.fit(flat(data.train.inputs), data.train.labels)

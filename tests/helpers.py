@@ -59,6 +59,19 @@ def train_losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, lines) if r["type"] == "train"]
 
 
+def package_validation_scores(package: Path, recipe: Any) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of a package on its recipe's validation split, via kiln.runtime."""
+    import numpy as np
+
+    import kiln.data
+    import kiln.runtime
+
+    validation = kiln.data.run(recipe).validation
+    probs = kiln.runtime.load(package).predict_proba(validation.inputs)
+    labels = np.asarray(validation.labels)
+    return float((probs.argmax(1) == labels).mean()), float(-np.log(probs[np.arange(len(labels)), labels]).mean())
+
+
 def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(recipe))
     return path

@@ -3,13 +3,10 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-import kiln.data
-import kiln.runtime
 from kiln.config import parse_recipe
-from tests.helpers import kiln_cli, tiny_image_recipe, tiny_text_recipe, write_recipe
+from tests.helpers import kiln_cli, package_validation_scores, tiny_image_recipe, tiny_text_recipe, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +59,5 @@ def test_two_processes_with_weight_average_and_batch_norm_score_the_packaged_mod
     recipe = parse_recipe(raw)
     manifest = json.loads((tmp_path / "run" / "package" / "kiln.json").read_text())
     assert manifest["lineage"]["settings"]["world_size"] == 2
-    validation = kiln.data.run(recipe).validation
-    probs = kiln.runtime.load(tmp_path / "run" / "package").predict_proba(validation.inputs)
-    labels = np.asarray(validation.labels)
-    loss = float(-np.log(probs[np.arange(len(labels)), labels]).mean())
+    _, loss = package_validation_scores(tmp_path / "run" / "package", recipe)
     assert manifest["metrics"]["validation"]["loss"] == pytest.approx(loss, abs=1e-5)

@@ -25,6 +25,7 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
         self.updates = 0
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.shadow = copy.deepcopy(model).eval()
         for param in self.shadow.parameters():
             param.requires_grad_(False)
@@ -38,18 +39,16 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        decay = self.current_decay()
-        averaged, latest, others = [], [], []
-        model_state = model.state_dict()
-        for name, target in self.shadow.state_dict().items():
-            source = model_state[name].detach()
-            if target.is_floating_point():
-                averaged.append(target)
-                latest.append(source.to(target.dtype))
-            else:
-                others.append((target, source))
+        if self._pairs is None:
+            # state_dict tensors share storage with the parameters and buffers, and training and
+            # load_state_dict change them in place, so the pairing holds for the whole run.
+            model_state = model.state_dict()
+            self._pairs = [(target, model_state[name].detach()) for name, target in self.shadow.state_dict().items()]
+        averaged = [t for t, _ in self._pairs if t.is_floating_point()]
+        latest = [src.to(t.dtype) for t, src in self._pairs if t.is_floating_point()]
         if averaged:
-            torch._foreach_lerp_(averaged, latest, 1.0 - decay)
-        for target, source in others:
-            target.copy_(source)
+            torch._foreach_lerp_(averaged, latest, 1.0 - self.current_decay())
+        for target, source in self._pairs:
+            if not target.is_floating_point():
+                target.copy_(source)
         self.updates += 1

@@ -5,7 +5,6 @@ import shutil
 from pathlib import Path
 from unittest.mock import patch
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +18,14 @@ from kiln.config.schema import TrainConfig
 from kiln.errors import ConfigError
 from kiln.train.ema import WeightAverage
 from kiln.train.loop import _training_loss
-from tests.helpers import ROOT, kiln_cli, tiny_image_recipe, tiny_text_recipe, train_losses
+from tests.helpers import (
+    ROOT,
+    kiln_cli,
+    package_validation_scores,
+    tiny_image_recipe,
+    tiny_text_recipe,
+    train_losses,
+)
 
 
 def _first_loss(run_dir: Path, **train: object) -> float:
@@ -136,11 +142,8 @@ def test_ema_evaluates_keeps_and_packages_the_best_average(tmp_path: Path) -> No
     assert any(not torch.allclose(raw[n], averaged[n]) for n in raw if raw[n].is_floating_point())
 
     manifest = json.loads((run_dir / "package" / "kiln.json").read_text())
-    validation = kiln.data.run(recipe).validation
-    probs = kiln.runtime.load(run_dir / "package").predict_proba(list(validation.inputs))
-    labels = np.asarray(validation.labels)
-    assert manifest["metrics"]["validation"]["accuracy"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
-    loss = float(-np.log(probs[np.arange(len(labels)), labels]).mean())
+    accuracy, loss = package_validation_scores(run_dir / "package", recipe)
+    assert manifest["metrics"]["validation"]["accuracy"] == pytest.approx(accuracy)
     assert manifest["metrics"]["validation"]["loss"] == pytest.approx(loss, abs=1e-4)
 
 
