@@ -52,6 +52,10 @@ def prune_structured(
     if not inputs:
         raise CompressError("prune: no training inputs to rank heads and neurons with")
     model = load_torch_model(parent, parent_manifest)
+    # Head and neuron surgery knows BERT's layer layout (attention.self.query/key/value).
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type != "bert":
+        raise CompressError(f"{parent}: structured pruning supports BERT-family encoders, not {model_type!r}")
     predictor = kiln.runtime.load(parent, device="cpu", verify=False)
     assert isinstance(predictor, kiln.runtime.Predictor)  # an "hf" package, not a recommender
     labels = _label_ids(predictor.labels, examples.train_labels, len(inputs))

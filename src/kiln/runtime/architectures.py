@@ -107,29 +107,41 @@ def build_text_classifier(config: Any) -> nn.Module:
     from transformers import AutoModelForSequenceClassification
 
     if getattr(config, "kiln_pooling", "cls") == "mean":
-        return mean_pooling_classifier_class()(config)
+        return mean_pooling_classifier_class(config.model_type)(config)
     return AutoModelForSequenceClassification.from_config(config)
 
 
 @functools.cache
-def mean_pooling_classifier_class() -> type[PreTrainedModel]:
-    """``BertForSequenceClassification`` with a mean-pooling head.
+def mean_pooling_classifier_class(model_type: str = "bert") -> type[PreTrainedModel]:
+    """A sequence classifier with a mean-pooling head over the encoder family ``model_type``.
 
-    Sentence encoders such as all-MiniLM-L6-v2 were trained with mean pooling (Reimers &
-    Gurevych 2019, "Sentence-BERT"); classifying from their [CLS] pooler discards that training.
-    Same attribute names as HF's class (``bert``, ``dropout``, ``classifier``), so compression
-    (export, pruning, distillation) treats both alike.
+    Sentence encoders such as all-MiniLM-L6-v2 and all-mpnet-base-v2 were trained with mean
+    pooling (Reimers & Gurevych 2019, "Sentence-BERT"); classifying from their first-token pooler
+    discards that training. The encoder sits under the family's own attribute name (``bert``,
+    ``mpnet``, ...), beside ``dropout`` and ``classifier`` as in HF's classes, so pretrained
+    weights load by name and compression (export, pruning, distillation) treats BERT's mean and
+    [CLS] classifiers alike.
     """
-    from transformers import BertModel, BertPreTrainedModel
+    from transformers import MODEL_MAPPING, AutoConfig
     from transformers.modeling_outputs import SequenceClassifierOutput
 
-    class MeanPoolingBertForSequenceClassification(BertPreTrainedModel):
+    encoder_class = cast("type[PreTrainedModel]", MODEL_MAPPING[type(AutoConfig.for_model(model_type))])
+    # The family's pretrained base (BertPreTrainedModel, MPNetPreTrainedModel, ...): the first
+    # class above the encoder that names where the encoder sits in a task model.
+    base_class: type[PreTrainedModel] = next(
+        c for c in encoder_class.__mro__[1:] if getattr(c, "base_model_prefix", "")
+    )
+    prefix: str = base_class.base_model_prefix
+    # Only BERT-family encoders take token type ids; the others are never passed any.
+    takes_token_types = model_type == "bert"
+
+    class MeanPoolingForSequenceClassification(base_class):  # type: ignore[valid-type,misc]
         def __init__(self, config: Any) -> None:
             super().__init__(config)
             self.num_labels = config.num_labels
-            self.bert = BertModel(config, add_pooling_layer=False)
-            drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-            self.dropout = nn.Dropout(drop)
+            setattr(self, prefix, encoder_class(config, add_pooling_layer=False))
+            drop = getattr(config, "classifier_dropout", None)
+            self.dropout = nn.Dropout(drop if drop is not None else config.hidden_dropout_prob)
             self.classifier = nn.Linear(config.hidden_size, config.num_labels)
             self.post_init()
 
@@ -143,14 +155,17 @@ def mean_pooling_classifier_class() -> type[PreTrainedModel]:
             if attention_mask is None:
                 assert input_ids is not None
                 attention_mask = torch.ones_like(input_ids)
-            hidden = self.bert(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs
-            ).last_hidden_state
+            if takes_token_types:
+                kwargs["token_type_ids"] = token_type_ids
+            encoder = getattr(self, prefix)
+            hidden = encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
             return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
 
-    return MeanPoolingBertForSequenceClassification
+    name = "MeanPooling" + encoder_class.__name__.removesuffix("Model") + "ForSequenceClassification"
+    MeanPoolingForSequenceClassification.__name__ = MeanPoolingForSequenceClassification.__qualname__ = name
+    return MeanPoolingForSequenceClassification
 
 
 def logits_of(model: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -27,9 +27,12 @@ class TextPreprocessor:
 
         self.max_length = max_length
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        # The tokenizer's own padding token when it names one (MPNet's is <pad>, id 1), else
+        # BERT's [PAD]; batches are padded here, to the longest text, not by the tokenizer.
+        padding = self.tokenizer.padding
+        self.pad_id = int(padding["pad_id"]) if padding else (self.tokenizer.token_to_id("[PAD]") or 0)
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=max_length)
-        self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text (truncated, unpadded)."""

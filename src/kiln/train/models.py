@@ -93,7 +93,9 @@ def _build_text(recipe: Recipe, dataset: Dataset, tokenizer_file: Path) -> Built
             config.attention_probs_dropout_prob = cfg.dropout
         if cfg.pooling == "mean":
             config.kiln_pooling = "mean"
-            model: nn.Module = mean_pooling_classifier_class().from_pretrained(str(source), config=config)
+            model: nn.Module = mean_pooling_classifier_class(config.model_type).from_pretrained(
+                str(source), config=config
+            )
         else:
             model = AutoModelForSequenceClassification.from_pretrained(str(source), config=config)
         parent: str | None = cfg.pretrained
