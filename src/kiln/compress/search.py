@@ -96,6 +96,8 @@ class _State:
     candidates: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     best_size: int | None = None  # size of the smallest candidate meeting both constraints
+    # Why pruning and vocab trimming cannot apply (they follow BERT's layer layout), or None.
+    no_surgery: str | None = None
 
     def drop(self, accuracy: float) -> float:
         return 100.0 * (self.teacher_accuracy - accuracy)
@@ -146,14 +148,19 @@ def search(
             f"{teacher}: the search needs labelled validation examples to measure accuracy; "
             "its manifest records no recipe with data"
         )
-    teacher_layers = int(_teacher_config(teacher).num_hidden_layers)
+    teacher_config = _teacher_config(teacher)
+    teacher_layers = int(teacher_config.num_hidden_layers)
     depths = _depths(teacher_layers, budget.student_layers)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     reference = measure_candidate(teacher, examples, budget)
     state = _State(teacher_accuracy=reference["accuracy"], cfg=budget)
+    if teacher_config.model_type != "bert":
+        state.no_surgery = f"pruning and vocab trimming support BERT-family encoders, not {teacher_config.model_type!r}"
     base, base_manifest = teacher, manifest
-    if budget.trim_vocab:
+    if budget.trim_vocab and state.no_surgery:
+        state.skip("vocab", state.no_surgery)
+    elif budget.trim_vocab:
         from kiln.compress.vocab import trim_vocabulary
 
         base = out / "vocab"
@@ -224,6 +231,9 @@ def _search_student(
         return
     for fraction in sorted(state.cfg.prune_fractions):
         branch = f"{ident}-p{int(round(100 * fraction))}"
+        if fraction > 0 and state.no_surgery:
+            state.skip(branch, state.no_surgery)
+            continue
         if state.is_full():
             state.skip(branch, f"the budget of {state.cfg.max_candidates} candidates is spent")
             return

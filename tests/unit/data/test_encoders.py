@@ -41,7 +41,7 @@ def fake_encoder(monkeypatch: pytest.MonkeyPatch) -> str:
         description="test encoder",
         parts=("kiln-test-part-001",),
         archive_folder="enc",
-        weights_sha256=hashlib.sha256(WEIGHTS).hexdigest(),
+        sha256={"model.safetensors": hashlib.sha256(WEIGHTS).hexdigest()},
     )
     monkeypatch.setitem(encoders.ENCODERS, "test-enc", entry)
     return "test-enc"
@@ -58,9 +58,8 @@ def test_parts_join_into_the_model_folder(tmp_path: Path, fake_encoder: str) -> 
 
 def test_altered_weights_are_refused_and_nothing_is_left(tmp_path: Path, fake_encoder: str,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(
-        encoders.ENCODERS, fake_encoder, dataclasses.replace(encoders.ENCODERS[fake_encoder], weights_sha256="0" * 64)
-    )
+    altered = dataclasses.replace(encoders.ENCODERS[fake_encoder], sha256={"model.safetensors": "0" * 64})
+    monkeypatch.setitem(encoders.ENCODERS, fake_encoder, altered)
     dest = tmp_path / "home" / "enc"
     with pytest.raises(DataError, match=r"model.safetensors has sha256 [0-9a-f]{64}, expected 0{64}"):
         encoders.unpack_parts(fake_encoder, _split_archive(tmp_path), dest)
@@ -94,3 +93,30 @@ def test_mpnet_base_comes_from_its_five_installed_parts() -> None:
     assert (config["model_type"], config["hidden_size"], config["num_hidden_layers"]) == ("mpnet", 768, 12)
     tokenizer = json.loads((folder / "tokenizer.json").read_text())
     assert tokenizer["padding"]["pad_id"] == 1  # what TextPreprocessor pads MPNet batches with
+    for file, expected in encoders.ENCODERS["mpnet-base"].sha256.items():
+        assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == expected
+
+
+def test_an_archive_missing_a_checked_file_is_refused(tmp_path: Path, fake_encoder: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = encoders.ENCODERS[fake_encoder]
+    wants_vocab = dataclasses.replace(entry, sha256={**entry.sha256, "vocab.txt": "0" * 64})
+    monkeypatch.setitem(encoders.ENCODERS, fake_encoder, wants_vocab)
+    dest = tmp_path / "home" / "enc"
+    with pytest.raises(DataError, match=r"the archive holds no enc/vocab.txt"):
+        encoders.unpack_parts(fake_encoder, _split_archive(tmp_path), dest)
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_a_folder_another_process_unpacked_first_is_kept(tmp_path: Path, fake_encoder: str) -> None:
+    dest = tmp_path / "home" / "enc"
+    dest.mkdir(parents=True)
+    (dest / "config.json").write_text('{"model_type": "mpnet", "theirs": true}')
+    assert encoders.unpack_parts(fake_encoder, _split_archive(tmp_path), dest) == dest
+    assert json.loads((dest / "config.json").read_text())["theirs"] is True
+    assert [p.name for p in dest.parent.iterdir()] == ["enc"]
+
+
+def test_the_unpack_folder_can_be_moved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(encoders.ENCODERS_ENV, str(tmp_path / "elsewhere"))
+    assert encoders.encoders_home() == tmp_path / "elsewhere"

@@ -6,7 +6,9 @@ import pytest
 import kiln.compress
 import kiln.train
 from kiln.compress.errors import CompressError
+from kiln.compress.search import SearchConfig, search
 from kiln.config import parse_recipe
+from kiln.config.schema import CompressConfig
 from kiln.runtime import load
 from tests.helpers import tiny_text_recipe
 
@@ -61,6 +63,13 @@ def test_mean_pooling_serves_an_encoder_family_other_than_bert(tmp_path: Path) -
     result = kiln.train.run(parse_recipe(raw))
     config = json.loads((result.package_dir / "config.json").read_text())
     assert (config["model_type"], config["kiln_pooling"]) == ("mpnet", "mean")
+    # The encoder started from the pretrained weights: 3 small steps moved them by little, where
+    # another random start would differ by the init's whole spread (std 0.02).
+    from safetensors.torch import load_file
+
+    start = load_file(str(source / "model.safetensors"))["embeddings.word_embeddings.weight"]
+    trained = load_file(str(result.package_dir / "model.safetensors"))["mpnet.embeddings.word_embeddings.weight"]
+    assert (trained - start).abs().max().item() < 0.01
 
     predictor = load(result.package_dir)
     assert type(predictor.engine.model).__name__ == "MeanPoolingMPNetForSequenceClassification"
@@ -75,6 +84,17 @@ def test_mean_pooling_serves_an_encoder_family_other_than_bert(tmp_path: Path) -
     for a, b in zip(predictor.predict(["a fine film", "a dreadful bore"]), onnx_outputs, strict=True):
         assert a["label"] == b["label"]
         assert b["scores"] == pytest.approx(a["scores"], abs=1e-4)
+
+    # A latency-budget search skips what cannot apply to this family and still measures the rest.
+    budget = SearchConfig(
+        target_latency_ms=1000.0, max_accuracy_drop=100.0, prune_fractions=(0.0, 0.25), latency_runs=3
+    )
+    fast = CompressConfig.model_validate({"eval_samples": 32, "num_threads": 1})
+    searched = search(result.package_dir, output_dir=tmp_path / "search", budget=budget, config=fast)
+    reasons = {s["id"]: s["reason"] for s in searched.skipped}
+    refusal = "pruning and vocab trimming support BERT-family encoders, not 'mpnet'"
+    assert reasons["vocab"] == reasons["L2-p25"] == refusal
+    assert searched.chosen is not None and {c["id"] for c in searched.candidates} >= {"L2-p0-fp32", "L2-p0-int8"}
 
     for step, what in (("prune", "structured pruning"), ("vocab", "vocab trimming")):
         with pytest.raises(CompressError, match=rf"{what} supports BERT-family encoders, not 'mpnet'"):
