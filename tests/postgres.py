@@ -22,12 +22,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-PG_SEARCH_DIRS = ["/usr/local/bin", *sorted(map(str, Path("/usr/lib/postgresql").glob("*/bin")))]
+PG_TOOLS = ("initdb", "pg_ctl", "postgres")
 PG_INSTALL_HELP = (
     "PostgreSQL server binaries (initdb, pg_ctl, postgres) were not found in {dirs} or on PATH. "
-    "Install them (Debian/Ubuntu: `apt-get install -y postgresql-15` or `postgresql`, which puts "
-    "them in /usr/lib/postgresql/<version>/bin), or set KILN_TEST_DATABASE_URL to a PostgreSQL "
-    "server URL whose user may create databases."
+    "Run `make test` as root or with passwordless sudo so that it runs `apt-get install postgresql`, "
+    "or install them yourself (Debian/Ubuntu: `sudo apt-get install -y postgresql`, which puts them "
+    "in /usr/lib/postgresql/<version>/bin), or set KILN_TEST_DATABASE_URL to a PostgreSQL server "
+    "URL whose user may create databases."
 )
 # Seconds initdb, pg_ctl start or pg_ctl stop may take before the cluster counts as broken.
 COMMAND_TIMEOUT_S = 120
@@ -44,19 +45,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def pg_search_dirs() -> list[Path]:
+    """Folders searched before PATH: /usr/local/bin, then Debian's /usr/lib/postgresql/<version>/bin."""
+    return [Path("/usr/local/bin"), *sorted(Path("/usr/lib/postgresql").glob("*/bin"))]
+
+
 def pg_bin_dir() -> Path:
     """The folder holding ``initdb``, ``pg_ctl`` and ``postgres``.
 
     Raises:
         PostgresError: the binaries are not installed (the message says how to install them).
     """
-    for folder in PG_SEARCH_DIRS:
-        if all((Path(folder) / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
-            return Path(folder)
+    for folder in pg_search_dirs():
+        if all((folder / tool).is_file() for tool in PG_TOOLS):
+            return folder
     on_path = shutil.which("initdb")
-    if on_path and shutil.which("pg_ctl"):
+    if on_path and all((Path(on_path).parent / tool).is_file() for tool in PG_TOOLS):
         return Path(on_path).parent
-    raise PostgresError(PG_INSTALL_HELP.format(dirs=PG_SEARCH_DIRS))
+    raise PostgresError(PG_INSTALL_HELP.format(dirs=", ".join(map(str, pg_search_dirs()))))
 
 
 def _as_user() -> tuple[list[str], str | None]:

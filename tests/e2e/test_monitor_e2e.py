@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from kiln.serve.config import ServeConfig
+from tests.browser import BrowserNotFound, find_chromium
 from tests.helpers import tiny_text_recipe
 from tests.integration.monitor.webhook import webhook_receiver
 from tests.integration.serve_harness import serving
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -97,6 +97,10 @@ def test_monitor_drift_fires_on_headlines_not_on_reviews(sentiment: dict[str, An
 def test_monitor_dashboard_pages_in_chromium(sentiment: dict[str, Any], tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
+    try:
+        chromium = find_chromium()
+    except BrowserNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
     # Kept after the run as test artifacts (CI can upload the folder); KILN_TEST_ARTIFACTS moves it.
     shots = Path(os.environ.get("KILN_TEST_ARTIFACTS", "test-artifacts")) / "screenshots"
     shutil.rmtree(shots, ignore_errors=True)
@@ -114,7 +118,7 @@ def test_monitor_dashboard_pages_in_chromium(sentiment: dict[str, Any], tmp_path
             "alerts": ["Alert history", "input-drift", "firing"],
         }
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            browser = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1366, "height": 900})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
