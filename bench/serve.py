@@ -20,9 +20,10 @@ measures, and prints with the ratios issue 5's goals name:
         --rates 0.5 1 --batch-sizes 1 8 --threads 1 --sessions 1 --overload-s 1 --soak-s 2  # smoke
 
 The closed-loop rows are driven by wrk when it is installed (``apt-get install wrk``; one C thread,
-so the load generator takes little of the CPUs it shares with the servers) and by an httpx
-client otherwise (``--client``); the open-loop sweep and the overload run use httpx. Compare rows
-of one run, not numbers across machines.
+so the load generator takes little of the CPUs it shares with the servers) and otherwise by an
+httpx client, with a note saying so (``--client httpx`` chooses it; ``--client wrk`` stops with
+how to install wrk when it is missing); the open-loop sweep and the overload run use httpx.
+Compare rows of one run, not numbers across machines.
 """
 
 from __future__ import annotations
@@ -393,6 +394,25 @@ def soak(server: subprocess.Popen[bytes], url: str, texts: list[str], seconds: f
 # ---- the run -------------------------------------------------------------------------------
 
 
+WRK_MISSING = "wrk is not installed (Debian/Ubuntu: `apt-get install wrk`; elsewhere build it from github.com/wg/wrk)"
+
+
+def closed_loop_client(requested: str | None, parser: argparse.ArgumentParser) -> str:
+    """wrk when installed and not declined; httpx otherwise, saying why. ``--client wrk`` without
+    wrk stops (exit status 2) with how to get it."""
+    if shutil.which("wrk"):
+        return requested or "wrk"
+    if requested == "wrk":
+        parser.error(f"--client wrk: {WRK_MISSING}; or run the closed loop on --client httpx")
+    if requested is None:
+        print(
+            f"note: {WRK_MISSING}: the closed loop runs on the httpx client, which takes more of the CPUs "
+            "it shares with the servers: compare its rows with other httpx rows only",
+            file=sys.stderr,
+        )
+    return "httpx"
+
+
 def row(label: str, r: dict[str, Any], extra: str = "") -> None:
     print(f"  {label:<24} {r['rps']:>9.1f} {r['p50_ms']:>9.1f} {r['p99_ms']:>9.1f}  {extra}")
 
@@ -420,8 +440,8 @@ def main() -> None:
     parser.add_argument("--plain-server", type=int, help=argparse.SUPPRESS)  # internal: serve plain on PORT
     parser.add_argument("--max-batch-size", type=int, default=32, help="batcher size (--monitoring)")
     parser.add_argument(
-        "--client", choices=["httpx", "wrk"], default="wrk" if shutil.which("wrk") else "httpx",
-        help="closed-loop load generator (wrk when installed: it takes less of the shared CPUs)",
+        "--client", choices=["httpx", "wrk"],
+        help="closed-loop load generator (default: wrk when installed, it takes less of the shared CPUs; else httpx)",
     )  # fmt: skip
     parser.add_argument("--monitoring", action="store_true", help="measure monitoring on vs off instead")
     parser.add_argument("--rounds", type=int, default=2, help="off/on alternations (--monitoring)")
@@ -429,6 +449,7 @@ def main() -> None:
     if args.plain_server:
         serve_plain(args.package, args.plain_server, max(args.threads))
         return
+    args.client = closed_loop_client(args.client, parser)
 
     work = Path(tempfile.mkdtemp(prefix="kiln-bench-serve-"))
     if args.monitoring:
