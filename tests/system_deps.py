@@ -102,27 +102,29 @@ def apt_install(prefix: list[str], apt_get: str, packages: list[str]) -> int:
     return 0
 
 
+def install(missing: list[Part]) -> str | None:
+    """Install the missing parts with apt-get; why it could not, or ``None`` when apt-get succeeded."""
+    apt_get = shutil.which("apt-get")
+    if apt_get is None:
+        return "apt-get is not on PATH"
+    prefix = apt_prefix(is_root=os.geteuid() == 0)
+    if prefix is None:
+        return "this user is not root and sudo needs a password (or is missing)"
+    packages = [part.apt_package for part in missing]
+    print(f"installing {' '.join(packages)} with apt-get", flush=True)
+    status = apt_install(prefix, apt_get, packages)
+    return f"apt-get failed with status {status}" if status != 0 else None
+
+
 def main() -> int:
     found, missing = locate()
     if missing:
-        apt_get = shutil.which("apt-get")
-        prefix = apt_prefix(is_root=os.geteuid() == 0)
-        if apt_get is None:
-            print(install_help(missing, "apt-get is not on PATH"), file=sys.stderr)
-            return EXIT_MISSING
-        if prefix is None:
-            print(install_help(missing, "this user is not root and sudo needs a password (or is missing)"),
-                  file=sys.stderr)
-            return EXIT_MISSING
-        packages = [part.apt_package for part in missing]
-        print(f"installing {' '.join(packages)} with apt-get", flush=True)
-        status = apt_install(prefix, apt_get, packages)
-        if status != 0:
-            print(install_help(missing, f"apt-get failed with status {status}"), file=sys.stderr)
-            return EXIT_MISSING
-        found, missing = locate()
-        if missing:
-            print(install_help(missing, "they were still not found after apt-get installed them"), file=sys.stderr)
+        failure = install(missing)
+        if failure is None:
+            found, missing = locate()
+            failure = "they were still not found after apt-get installed them" if missing else None
+        if failure is not None:
+            print(install_help(missing, failure), file=sys.stderr)
             return EXIT_MISSING
     print("system programs: " + ", ".join(f"{part.name} {where}" for part, where in found.items()))
     return 0
