@@ -135,3 +135,15 @@ def test_eval_accepts_intact_package(tmp_path: Path, trained_package: Path) -> N
     assert report["n"] == 359
     assert len(report["confusion_matrix"]) == 10
     assert (tmp_path / "eval" / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_refuses_a_recommendation_package(tmp_path: Path) -> None:
+    from kiln.runtime.package import sha256_file
+
+    package = tmp_path / "movies"
+    package.mkdir()
+    (package / "users.csv").write_text("user_id\n1\n")
+    files = {"users.csv": sha256_file(package / "users.csv")}
+    manifest = {"schema_version": 1, "task": "recommendation", "files": files}
+    (package / "kiln.json").write_text(json.dumps(manifest))
+    _assert_refused(kiln_cli("predict", str(package), "a fine film"), "'recommendation' package, expected a")

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kiln.config.schema import Recipe
+
+if TYPE_CHECKING:
+    from kiln.runtime import Predictor
 
 
 def calibrate_threshold(confidence: np.ndarray, is_correct: np.ndarray, target_accuracy: float) -> float:
@@ -53,13 +56,13 @@ def build_support_package(recipe: Recipe, classifier: Path, dest: Path) -> tuple
     import kiln.data
     from kiln.data.faq import load_faq
     from kiln.data.tokenizer import resolve_pretrained
-    from kiln.runtime import load
+    from kiln.runtime import load_classifier
     from kiln.runtime.package import finalize_package, package_digest, staged_package
     from kiln.runtime.retrieval import SentenceEncoder, write_faq_index
 
     assert recipe.support is not None
     cfg = recipe.support
-    predictor = load(classifier)
+    predictor = load_classifier(classifier)
     dataset = kiln.data.run(recipe)
     val_probs = _probs(predictor, list(dataset.validation.inputs))
     threshold = calibrate_threshold(
@@ -98,7 +101,7 @@ def build_support_package(recipe: Recipe, classifier: Path, dest: Path) -> tuple
     return full, report
 
 
-def _probs(predictor: Any, texts: list[str], batch_size: int = 64) -> np.ndarray:
+def _probs(predictor: Predictor, texts: list[str], batch_size: int = 64) -> np.ndarray:
     return np.concatenate(
         [predictor.predict_proba(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
     )

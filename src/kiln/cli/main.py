@@ -186,10 +186,10 @@ def predict(
 ) -> None:
     """Classify raw texts with a package and print one JSON result per line."""
     from kiln.cli.recording import resolve_package
-    from kiln.runtime import load
+    from kiln.runtime import load_classifier
 
     with user_errors():
-        predictor = load(resolve_package(package)[0])
+        predictor = load_classifier(resolve_package(package)[0])
         for text, result in zip(inputs, predictor.predict(inputs), strict=True):
             typer.echo(json.dumps({"input": text, **result}))
 

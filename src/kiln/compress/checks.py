@@ -51,8 +51,6 @@ def check_against_parent(
     """Load two package folders on CPU and ``compare_predictions`` on raw inputs."""
     import kiln.runtime
 
-    parent_predictor = kiln.runtime.load(parent, device="cpu", verify=False)
-    child_predictor = kiln.runtime.load(child, device="cpu", verify=False)
-    # Compress steps take classifier packages only; recommenders never get here.
-    assert isinstance(parent_predictor, Predictor) and isinstance(child_predictor, Predictor)
+    parent_predictor = kiln.runtime.load_classifier(parent, device="cpu", verify=False)
+    child_predictor = kiln.runtime.load_classifier(child, device="cpu", verify=False)
     return compare_predictions(parent_predictor, child_predictor, inputs, labels)

@@ -48,9 +48,7 @@ def distill_package(
     sizes = student_sizes(teacher.config, parent_manifest["architecture"], cfg)
     student = build_student(teacher, sizes, init=cfg.init)
     layer_map = sizes["layer_map"]
-    predictor = kiln.runtime.load(parent, device="cpu", verify=False)
-    # require_text_torch passed: a text classifier.
-    assert isinstance(predictor, kiln.runtime.Predictor)
+    predictor = kiln.runtime.load_classifier(parent, device="cpu", verify=False)
     assert isinstance(predictor.preprocessor, TextPreprocessor)
     data = training_data(parent_manifest, examples, cfg, predictor)
     seed = int((parent_manifest.get("recipe") or {}).get("seed", 0))

@@ -51,8 +51,7 @@ def export_onnx(
     if "quantization" in arch:
         raise CompressError(f"{parent}: cannot export a PyTorch int8 package to ONNX")
     model = load_torch_model(parent, parent_manifest)
-    parent_predictor = kiln.runtime.load(parent, device="cpu", verify=False)
-    assert isinstance(parent_predictor, kiln.runtime.Predictor)  # a torch classifier package
+    parent_predictor = kiln.runtime.load_classifier(parent, device="cpu", verify=False)
     sample = parent_predictor.preprocessor(list(examples.eval_inputs[:2]))
     input_names = TEXT_INPUTS if arch["family"] == "hf" else IMAGE_INPUTS
     settings = cfg.model_dump(mode="json")
@@ -78,8 +77,7 @@ def export_onnx(
             },
         )
         child.finalize()
-        onnx_predictor = kiln.runtime.load(child.staging, device="cpu", verify=False)
-        assert isinstance(onnx_predictor, kiln.runtime.Predictor)
+        onnx_predictor = kiln.runtime.load_classifier(child.staging, device="cpu", verify=False)
         parity = compare_predictions(parent_predictor, onnx_predictor, examples.eval_inputs, examples.eval_labels)
         parity["atol"] = cfg.parity_atol
         if parity["max_abs_logit_diff"] > cfg.parity_atol:

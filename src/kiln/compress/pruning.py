@@ -56,8 +56,7 @@ def prune_structured(
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type != "bert":
         raise CompressError(f"{parent}: structured pruning supports BERT-family encoders, not {model_type!r}")
-    predictor = kiln.runtime.load(parent, device="cpu", verify=False)
-    assert isinstance(predictor, kiln.runtime.Predictor)  # an "hf" package, not a recommender
+    predictor = kiln.runtime.load_classifier(parent, device="cpu", verify=False)
     labels = _label_ids(predictor.labels, examples.train_labels, len(inputs))
     head_scores, ffn_scores = importance_scores(
         model, predictor.preprocessor, inputs, labels, cfg.batch_size
@@ -127,9 +126,7 @@ def _recover(
     from kiln.runtime.weights import load_torch_model
 
     teacher = load_torch_model(parent, parent_manifest)
-    predictor = kiln.runtime.load(parent, device="cpu", verify=False)
-    # prune_structured took an "hf" package: a text classifier.
-    assert isinstance(predictor, kiln.runtime.Predictor)
+    predictor = kiln.runtime.load_classifier(parent, device="cpu", verify=False)
     assert isinstance(predictor.preprocessor, TextPreprocessor)
     data = training_data(parent_manifest, examples, distill_cfg, predictor)
     n_layers = int(model.config.num_hidden_layers)

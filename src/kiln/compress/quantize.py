@@ -78,7 +78,7 @@ def quantize_onnx_static(
     calibration = list(examples.train_inputs[: cfg.calibration_samples])
     if not calibration:
         raise CompressError("quantize-static: the calibration set is empty (no training inputs)")
-    predictor = kiln.runtime.load(parent, device="cpu", verify=False)
+    predictor = kiln.runtime.load_classifier(parent, device="cpu", verify=False)
     method = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,

@@ -181,8 +181,7 @@ def measure_candidate(path: Path, examples: Examples, budget: SearchConfig) -> d
     from kiln.compress.checks import logits_of_inputs
     from kiln.evaluate.speed import measure_speed, package_size_bytes
 
-    predictor = kiln.runtime.load(path, device="cpu", num_threads=budget.num_threads, verify=False)
-    assert isinstance(predictor, kiln.runtime.Predictor)  # search() took a text classifier package
+    predictor = kiln.runtime.load_classifier(path, device="cpu", num_threads=budget.num_threads, verify=False)
     index = {name: i for i, name in enumerate(predictor.labels)}
     truth = np.array([index.get(str(label), -1) for label in examples.eval_labels or []])
     predicted = logits_of_inputs(predictor, examples.eval_inputs).argmax(axis=1)

@@ -46,19 +46,18 @@ def run(cfg: EvaluationConfig) -> EvalResult:
     """Load the package, predict on the evaluation data, compute metrics, write the report."""
     from kiln.evaluate.metrics import classification_report, plot_confusion_matrix
     from kiln.evaluate.speed import measure_package
-    from kiln.runtime import Predictor, load
+    from kiln.runtime import load_classifier, load_recommender
     from kiln.runtime.package import read_manifest
 
     manifest = read_manifest(cfg.package)
     if manifest.get("task") == "recommendation":
-        return _run_ranking(cfg, load(cfg.package))
+        return _run_ranking(cfg, load_recommender(cfg.package))
     inputs, y_true, source, fingerprint_ok = _evaluation_data(cfg, manifest, list(manifest["labels"]))
     speed = None
     if cfg.measure_speed:
         # Timed before the package is loaded for scoring, so the peak-memory growth is its own.
         speed = measure_package(cfg.package, list(inputs[:SPEED_SAMPLES]), num_threads=cfg.num_threads)
-    predictor = load(cfg.package)
-    assert isinstance(predictor, Predictor)  # recommendation packages returned above
+    predictor = load_classifier(cfg.package)
     probs = np.concatenate(
         [predictor.predict_proba(inputs[i : i + cfg.batch_size]) for i in range(0, len(inputs), cfg.batch_size)]
     )

@@ -60,12 +60,11 @@ def write_reference_profile(package_dir: str | Path, inputs: Sequence[Any]) -> d
 
     The manifest gains ``reference_profile`` and the file's sha256 in ``files``.
     """
-    from kiln.runtime import load
+    from kiln.runtime import load_classifier
     from kiln.runtime.package import MANIFEST_NAME, read_manifest, sha256_file, write_json_atomic
 
     folder = Path(package_dir)
-    predictor = load(folder, device="cpu")
-    assert isinstance(predictor, Predictor)  # written for classifier packages only
+    predictor = load_classifier(folder, device="cpu")
     profile = build_profile(predictor, inputs)
     path = folder / PROFILE_NAME
     path.write_text(json.dumps(profile) + "\n", encoding="utf-8")

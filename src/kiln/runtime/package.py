@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,18 @@ def read_manifest(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
     if verify:
         verify_files(folder, manifest)
     return manifest
+
+
+def require_task(folder: Path, manifest: dict[str, Any], tasks: Sequence[str]) -> None:
+    """Refuse a package whose manifest task is not one of ``tasks``.
+
+    Raises:
+        PackageError: naming the package's task and the tasks expected.
+    """
+    task = manifest.get("task")
+    if task not in tasks:
+        expected = " or ".join(repr(t) for t in tasks)
+        raise PackageError(f"{folder}: a {task!r} package, expected a {expected} package")
 
 
 def verify_files(folder: Path, manifest: dict[str, Any]) -> None:

@@ -1,4 +1,9 @@
-"""``load(package) -> Predictor``: the only code that runs a package, for every stage."""
+"""Load a package to run it: the only code that runs a package, for every stage.
+
+Callers that need one kind of package use a typed loader (``load_classifier``, and
+``kiln.runtime.recommender.load_recommender``), which refuses a package of another task with a
+``PackageError`` naming it; ``load`` returns whichever the package's task calls for.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from kiln.runtime.package import read_manifest
+from kiln.errors import PackageError
+from kiln.runtime.package import read_manifest, require_task
 from kiln.runtime.preprocessing import ImagePreprocessor, TextPreprocessor, make_preprocessor
 
 if TYPE_CHECKING:
     from kiln.runtime.recommender import Recommender
+
+# Tasks whose packages load into a ``Predictor`` (labels and class probabilities out).
+CLASSIFIER_TASKS = ("text-classification", "image-classification")
 
 
 class Engine(Protocol):
@@ -124,6 +133,8 @@ def load(
 ) -> Predictor | Recommender:
     """Load a model package folder into a ``Predictor`` (a ``Recommender`` for recommendation).
 
+    Prefer ``load_classifier`` or ``load_recommender`` when only one kind of package will do.
+
     Args:
         path: the package folder (holding ``kiln.json``).
         device: ``cpu``, ``cuda``...; CUDA when present if empty.
@@ -137,9 +148,46 @@ def load(
     folder = Path(path)
     manifest = read_manifest(folder, verify=verify)
     if manifest.get("task") == "recommendation":
-        from kiln.runtime.recommender import load_recommender
+        from kiln.runtime.recommender import recommender_from_manifest
 
-        return load_recommender(folder, manifest, num_threads=num_threads)
+        return recommender_from_manifest(folder, manifest, num_threads=num_threads)
+    return _classifier_from_manifest(
+        folder, manifest, device=device, num_threads=num_threads, inter_op_threads=inter_op_threads
+    )
+
+
+def load_classifier(
+    path: str | Path,
+    *,
+    device: str | None = None,
+    num_threads: int | None = None,
+    inter_op_threads: int | None = None,
+    verify: bool = True,
+) -> Predictor:
+    """Load a text or image classification package into a ``Predictor``.
+
+    Args are those of ``load``.
+
+    Raises:
+        PackageError: the package is missing, incomplete or altered, or holds another task
+            (the message names it).
+    """
+    folder = Path(path)
+    manifest = read_manifest(folder, verify=verify)
+    require_task(folder, manifest, CLASSIFIER_TASKS)
+    return _classifier_from_manifest(
+        folder, manifest, device=device, num_threads=num_threads, inter_op_threads=inter_op_threads
+    )
+
+
+def _classifier_from_manifest(
+    folder: Path,
+    manifest: dict[str, Any],
+    *,
+    device: str | None,
+    num_threads: int | None,
+    inter_op_threads: int | None,
+) -> Predictor:
     preprocessor = make_preprocessor(folder, manifest)
     fmt = manifest.get("format")
     if fmt == "torch":
@@ -161,8 +209,6 @@ def load(
             inter_op_threads=inter_op_threads,
         )
     else:
-        from kiln.errors import PackageError
-
         raise PackageError(f"{folder}: unsupported package format {fmt!r}")
     return Predictor(path=folder, manifest=manifest, preprocessor=preprocessor, engine=engine)
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from kiln.errors import PackageError
+from kiln.runtime.package import read_manifest, require_task
 from kiln.runtime.preprocessing import InputError
 
 MAX_K = 1000
@@ -192,7 +193,27 @@ class Recommender:
         return out
 
 
-def load_recommender(folder: Path, manifest: dict[str, Any], *, num_threads: int | None = None) -> Recommender:
+def load_recommender(path: str | Path, *, num_threads: int | None = None, verify: bool = True) -> Recommender:
+    """Load a recommendation package folder into a ``Recommender``.
+
+    Args:
+        path: the package folder (holding ``kiln.json``).
+        num_threads: intra-op threads for torch; the library default if empty.
+        verify: check every file's sha256 against the manifest first.
+
+    Raises:
+        PackageError: the package is missing, incomplete or altered, or holds another task
+            (the message names it).
+    """
+    folder = Path(path)
+    manifest = read_manifest(folder, verify=verify)
+    require_task(folder, manifest, ("recommendation",))
+    return recommender_from_manifest(folder, manifest, num_threads=num_threads)
+
+
+def recommender_from_manifest(
+    folder: Path, manifest: dict[str, Any], *, num_threads: int | None = None
+) -> Recommender:
     """Build a ``Recommender`` from a verified package folder and its manifest.
 
     Raises:

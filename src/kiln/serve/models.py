@@ -194,12 +194,17 @@ class ServedModel:
         ]
 
     def _classifier(self) -> Predictor:
-        # ``kind`` tells the two apart: "recommendation" for a Recommender, "text" or "image" else.
-        assert isinstance(self.predictor, Predictor)
+        if isinstance(self.predictor, Recommender):
+            raise InputError(
+                f"model {self.name!r} is a recommendation model; use POST /v1/models/{self.name}:recommend"
+            )
         return self.predictor
 
     def _recommender(self) -> Recommender:
-        assert isinstance(self.predictor, Recommender)
+        if isinstance(self.predictor, Predictor):
+            raise InputError(
+                f"model {self.name!r} is not a recommendation model; use POST /v1/models/{self.name}:predict"
+            )
         return self.predictor
 
     def _image_preprocessor(self) -> ImagePreprocessor:

@@ -9,7 +9,7 @@ import pytest
 
 from kiln.compress.embeddings import quantize_embedding_tables
 from kiln.compress.errors import CompressError
-from kiln.runtime import load
+from kiln.runtime import load_recommender
 from kiln.runtime.recommender import RecommendQuery
 
 
@@ -39,8 +39,8 @@ def test_quantize_embedding_tables_shrinks_weights_and_keeps_scores_close(rec_pk
     assert sizes["child"] < 0.3 * sizes["parent"]
     assert manifest["lineage"]["transformation"] == "int8-embeddings"
     queries = [RecommendQuery(user_id=u) for u in ("1", "196", "500")]
-    fp32, int8 = load(rec_pkg), load(tmp_path / "int8")
-    a, b = fp32.scores(queries), int8.scores(queries)  # type: ignore[union-attr]
+    fp32, int8 = load_recommender(rec_pkg), load_recommender(tmp_path / "int8")
+    a, b = fp32.scores(queries), int8.scores(queries)
     finite = np.isfinite(a)
     assert np.array_equal(finite, np.isfinite(b))
     assert np.abs(a[finite] - b[finite]).max() < 0.02 * np.abs(a[finite]).max()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kiln.errors import PackageError
-from kiln.runtime import load, read_manifest
+from kiln.runtime import Predictor, load, load_classifier, load_recommender, read_manifest
 from kiln.runtime.preprocessing import InputError
 
 
@@ -73,3 +73,32 @@ def test_predict_image_rejects_wrong_pixel_count(image_package: Path) -> None:
     predictor = load(image_package, device="cpu")
     with pytest.raises(InputError, match="expected 64 pixels"):
         predictor.predict([[1, 2, 3]])
+
+
+def _recommendation_manifest_only(folder: Path) -> Path:
+    """A folder whose verified manifest says ``recommendation`` (its weights are never reached)."""
+    from kiln.runtime.package import sha256_file
+
+    folder.mkdir()
+    (folder / "users.csv").write_text("user_id\n1\n")
+    files = {"users.csv": sha256_file(folder / "users.csv")}
+    manifest = {"schema_version": 1, "task": "recommendation", "files": files}
+    (folder / "kiln.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_load_classifier_returns_a_predictor(text_package: Path) -> None:
+    predictor = load_classifier(text_package, device="cpu")
+    assert isinstance(predictor, Predictor)
+    assert predictor.labels == ["neg", "pos"]
+
+
+def test_load_classifier_refuses_a_recommendation_package_naming_its_task(tmp_path: Path) -> None:
+    folder = _recommendation_manifest_only(tmp_path / "movies")
+    with pytest.raises(PackageError, match=r"movies: a 'recommendation' package, expected a 'text-classification'"):
+        load_classifier(folder)
+
+
+def test_load_recommender_refuses_a_classifier_package_naming_its_task(image_package: Path) -> None:
+    with pytest.raises(PackageError, match=r"a 'image-classification' package, expected a 'recommendation' package"):
+        load_recommender(image_package)
