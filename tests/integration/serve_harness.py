@@ -79,11 +79,12 @@ def wait_until(condition: Any, *, what: str, timeout_s: float = 60.0) -> None:
 
 @dataclass
 class Gate:
-    """Holds a model's batches until ``release`` is set, recording each batch's size."""
+    """Holds a model's batches until ``release`` is set, recording each batch's size and threads."""
 
     started: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     batches: list[int] = field(default_factory=list)
+    threads: list[int | None] = field(default_factory=list)  # intra-op threads each batch was given
 
 
 def hold_model(running: Running, name: str, version: int = 1) -> Gate:
@@ -92,11 +93,12 @@ def hold_model(running: Running, name: str, version: int = 1) -> Gate:
     original = served.predict_batch
     gate = Gate()
 
-    def held(inputs: list[Any]) -> list[Any]:
+    def held(inputs: list[Any], threads: int | None = None) -> list[Any]:
         gate.batches.append(len(inputs))
+        gate.threads.append(threads)
         gate.started.set()
         gate.release.wait(timeout=60)
-        return original(inputs)
+        return original(inputs, threads)
 
     served.predict_batch = held
     return gate

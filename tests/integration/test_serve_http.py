@@ -235,6 +235,39 @@ def test_serve_batches_requests_that_arrive_while_the_model_is_busy(text_pkg: Pa
         assert gate.batches == [1, 6]
 
 
+def test_serve_gives_a_lone_batch_every_core_and_batches_side_by_side_one_thread(
+    text_pkg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kiln.runtime
+    import kiln.serve.config as serve_config
+    import kiln.serve.threads as serve_threads
+
+    for module in (serve_config, serve_threads):  # a 2-core machine, whatever this one has
+        monkeypatch.setattr(module, "available_cpus", lambda: 2)
+    texts = ["a moving story", "dull and long", "fine"]
+    expected = kiln.runtime.load(text_pkg, device="cpu").predict(texts)
+    url = "/v1/models/sentiment:predict"
+    with serving(config(model(text_pkg))) as srv:  # num_threads: auto, the default
+        lone = srv.post(url, {"inputs": texts})
+        gate = hold_model(srv, "sentiment")
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(srv.post, url, {"inputs": texts[:1]})
+            assert gate.started.wait(30)
+            second = pool.submit(srv.post, url, {"inputs": texts[1:]})
+            wait_until(lambda: len(gate.batches) == 2, what="a second batch beside the held one")
+            gate.release.set()
+            concurrent = [first.result(), second.result()]
+        metrics = srv.get("/metrics").text
+    assert gate.threads == [2, 1]  # the held batch started alone; the next ran beside it
+    assert 'kiln_batches_total{model="sentiment",threads="2",version="1"} 2.0' in metrics
+    assert 'kiln_batches_total{model="sentiment",threads="1",version="1"} 1.0' in metrics
+    answered = [lone.json()["outputs"], concurrent[0].json()["outputs"] + concurrent[1].json()["outputs"]]
+    for outputs in answered:
+        assert [o["label"] for o in outputs] == [e["label"] for e in expected]
+        for got, want in zip(outputs, expected, strict=True):
+            assert got["scores"] == pytest.approx(want["scores"], abs=1e-5)
+
+
 def test_serve_sheds_load_with_503_and_retry_after_when_the_queue_is_full(text_pkg: Path) -> None:
     batching = BatchingConfig(max_batch_size=1, max_queue_size=2, max_concurrent_batches=1)
     with serving(config(model(text_pkg, batching=batching))) as srv:

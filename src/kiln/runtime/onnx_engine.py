@@ -31,6 +31,10 @@ class OnnxEngine:
 
         if not model_path.is_file():
             raise PackageError(f"{model_path.parent}: ONNX model {model_path.name} is missing")
+        self.model_path = model_path
+        self.device = device
+        self.intra_op_threads = intra_op_threads
+        self.inter_op_threads = inter_op_threads
         options = ort.SessionOptions()
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
@@ -43,6 +47,22 @@ class OnnxEngine:
             i.name: _NUMPY_TYPES.get(i.type, None) for i in self.session.get_inputs()
         }
         self.output_name: str = self.session.get_outputs()[0].name
+
+    def with_threads(self, threads: int) -> OnnxEngine:
+        """This model with ``threads`` intra-op threads per call.
+
+        ONNX Runtime fixes a session's intra-op thread pool when the session is built, so another
+        count is another session of the same file (holding its own copy of the weights). A
+        session on CUDA computes on the GPU whatever its CPU threads, so it is returned as is.
+        """
+        if threads == self.intra_op_threads or self.session.get_providers()[0] != "CPUExecutionProvider":
+            return self
+        return OnnxEngine(
+            self.model_path,
+            device=self.device,
+            intra_op_threads=threads,
+            inter_op_threads=self.inter_op_threads,
+        )
 
     @property
     def input_names(self) -> list[str]:

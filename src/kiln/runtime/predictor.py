@@ -29,19 +29,51 @@ class Engine(Protocol):
 
     def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray: ...
 
+    def with_threads(self, threads: int) -> Engine:
+        """The same model run with ``threads`` intra-op threads per call."""
+        ...
+
 
 class TorchEngine:
-    """Runs a PyTorch module in inference mode on one device."""
+    """Runs a PyTorch module in inference mode on one device.
 
-    def __init__(self, model: Any, device: Any) -> None:
+    With ``threads`` set, each call first sets the calling thread's intra-op thread count. Under
+    PyTorch's OpenMP backend that count belongs to the calling thread (OpenMP's per-thread
+    ``nthreads-var``; PyTorch copies the process-wide value into a thread once, on its first
+    parallel region), so calls on different threads can run with different counts at once.
+    """
+
+    def __init__(self, model: Any, device: Any, *, threads: int | None = None) -> None:
         self.model = model.to(device)
         self.device = device
+        self.threads = threads
+
+    def with_threads(self, threads: int) -> TorchEngine:
+        """This module run with ``threads`` intra-op threads per call (the module is shared).
+
+        Without the OpenMP backend the count is process-wide, so calls side by side would fight
+        over it: the engine then keeps the count set at load time.
+        """
+        import torch
+
+        if not torch.backends.openmp.is_available():
+            return self
+        return TorchEngine(self.model, self.device, threads=threads)
+
+    def _set_threads(self) -> None:
+        import torch
+
+        # get_num_threads first: it gives this thread PyTorch's one-time per-thread setup, which
+        # would otherwise overwrite the count set here on the first parallel region.
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
     def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
         from kiln.runtime.architectures import logits_of
 
+        self._set_threads()
         # A model cast to fp16/bf16 needs its float inputs in that dtype too.
         dtype = next(self.model.parameters()).dtype
         with torch.inference_mode():
@@ -55,6 +87,7 @@ class TorchEngine:
         """The encoder's pooled representation (mean over real tokens, or CNN features), or None."""
         import torch
 
+        self._set_threads()
         dtype = next(self.model.parameters()).dtype
         with torch.inference_mode():
             tensors = {

@@ -102,6 +102,7 @@ class Batcher:
         self._is_closed = False
         self._has_seen_stop = False
         self._carry: _Pending | None = None
+        self._is_gathering = False  # a batch is being gathered (waiting out its queue delay)
         self._last_arrival: float | None = None
         self._gap_ewma_s: float | None = None
         self._compute_ewma_s: float | None = None
@@ -111,6 +112,16 @@ class Batcher:
         """Requests waiting in the queue (not yet in a batch)."""
         waiting = sum(1 for item in self._queue if item is not _STOP)
         return waiting + (1 if self._carry is not None else 0)
+
+    @property
+    def batches_in_flight(self) -> int:
+        """Batches handed to the handler and not yet finished."""
+        return len(self._running)
+
+    @property
+    def is_waiting(self) -> bool:
+        """Whether requests wait for a batch: queued, or being gathered into the next one."""
+        return self._is_gathering or self.depth > 0
 
     @property
     def is_running(self) -> bool:
@@ -243,7 +254,11 @@ class Batcher:
         limit = self._share(len(first.inputs))
         size = self._gather_ready(batch, len(first.inputs), limit)
         if not self._has_seen_stop and not self._is_dispatchable(size, limit):
-            await self._gather_until(batch, size, self.queue_delay_s(size), limit)
+            self._is_gathering = True
+            try:
+                await self._gather_until(batch, size, self.queue_delay_s(size), limit)
+            finally:
+                self._is_gathering = False
         return batch
 
     def _share(self, first_size: int) -> int:

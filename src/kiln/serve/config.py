@@ -7,9 +7,9 @@ path and the keys allowed there.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kiln.errors import ConfigError
 from kiln.monitor.config import MonitorConfig
@@ -43,7 +43,8 @@ class BatchingConfig(_Section):
     # Most requests waiting in the queue; beyond it requests get 503 with Retry-After.
     max_queue_size: int = Field(default=256, ge=1)
     # Batches computed at the same time (threads of this model's executor); empty: one per CPU
-    # core left after each batch's intra-op threads (cores // (num_threads * workers)).
+    # core left after each batch's intra-op threads under load (cores // (num_threads * workers),
+    # with num_threads 1 when it is auto).
     max_concurrent_batches: int | None = Field(default=None, ge=1)
     # Sort a batch's texts by token length and run chunks of this many, so padding stays short.
     compute_chunk_size: int = Field(default=4, ge=1)
@@ -111,8 +112,10 @@ class ServeConfig(_Section):
     request_timeout_ms: float = Field(default=10_000.0, gt=0)
     # Seconds given to in-flight requests after SIGTERM before the process exits.
     grace_period_s: float = Field(default=10.0, ge=0)
-    # Intra-op threads of the engines; 1 avoids oversubscribing cores with the server's threads.
-    num_threads: int = Field(default=1, ge=1)
+    # Intra-op threads per model call: "auto" gives a batch that computes alone every core of
+    # this worker process (cores // workers) and each batch one thread when several run or wait;
+    # a number >= 1 gives every call that many.
+    num_threads: int | Literal["auto"] = "auto"
     # Device for the engines: cpu, cuda...; CUDA when present if empty.
     device: str | None = None
     # Seconds between checks of alias references (name@alias) for a moved alias; 0 is off.
@@ -122,6 +125,14 @@ class ServeConfig(_Section):
     registry_api: bool = False
     # Prediction log, drift and alerts (off by default); the dashboard is at /ui either way.
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+
+    @field_validator("num_threads", mode="before")
+    @classmethod
+    def _check_num_threads(cls, value: Any) -> Any:
+        is_count = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        if value == "auto" or is_count:
+            return value
+        raise ValueError(f"num_threads must be 'auto' or an integer >= 1, got {value!r}")
 
 
 def load_serve_config(path: str | Path, **cli: Any) -> ServeConfig:

@@ -55,6 +55,12 @@ class ServeMetrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
+        self.batch_threads = Counter(
+            "kiln_batches",
+            "Model calls by model, version and the intra-op threads they were given.",
+            ["model", "version", "threads"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "kiln_queue_depth",
             "Requests waiting for a batch.",

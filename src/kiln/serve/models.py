@@ -8,7 +8,7 @@ is ever fetched and no pickle is ever read.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import numpy as np
 
 from kiln.errors import KilnError
 from kiln.runtime import Predictor
+from kiln.runtime.predictor import Engine
 from kiln.runtime.preprocessing import ImagePreprocessor, InputError, TextPreprocessor
 from kiln.runtime.recommender import Recommender, RecommendQuery
 
@@ -89,7 +90,11 @@ def _version_of(path: Path) -> int | None:
 
 
 class ServedModel:
-    """One loaded package version: checks raw inputs and predicts whole batches."""
+    """One loaded package version: checks raw inputs and predicts whole batches.
+
+    A classifier keeps one engine per intra-op thread count it is served with (``thread_counts``);
+    each batch names the count it runs at. A recommender runs every batch at its load-time count.
+    """
 
     def __init__(
         self,
@@ -99,12 +104,18 @@ class ServedModel:
         predictor: Predictor | Recommender,
         source: str,
         chunk_size: int = 16,
+        thread_counts: Sequence[int] = (),
     ) -> None:
         self.name = name
         self.version = version
         self.predictor = predictor
         self.source = source
         self.chunk_size = chunk_size
+        self.engines: dict[int, Engine] = (
+            {n: predictor.engine.with_threads(n) for n in thread_counts}
+            if isinstance(predictor, Predictor)
+            else {}
+        )
         self.labels = predictor.labels
         self.kind: str = predictor.manifest["preprocessing"]["kind"]
         prep = predictor.manifest["preprocessing"]
@@ -155,30 +166,48 @@ class ServedModel:
             checked.append(arr)
         return checked
 
-    def predict_batch(self, inputs: list[Any]) -> list[dict[str, Any]]:
-        """Predict checked inputs; texts are grouped by token length so padding stays short."""
-        if self.kind == "text":
-            return self._predict_texts(inputs)
+    def predict_batch(self, inputs: list[Any], threads: int | None = None) -> list[dict[str, Any]]:
+        """Predict checked inputs with ``threads`` intra-op threads (one of ``thread_counts``;
+        None: the engine as loaded); texts are grouped by token length so padding stays short.
+
+        Raises:
+            ValueError: ``threads`` is not a count this model was prepared for.
+        """
         if self.kind == "recommendation":
             return self._recommender().recommend(inputs)
+        engine = self._engine(threads)
+        if self.kind == "text":
+            return self._predict_texts(inputs, engine)
         prep = self._image_preprocessor()
-        probs = _softmax(self._classifier().engine(prep.normalize(prep.to_unit(inputs))))
+        probs = _softmax(engine(prep.normalize(prep.to_unit(inputs))))
         return [self._output(row) for row in probs]
 
     def warm_up(self) -> None:
-        """Run a few batches so the first real request does not pay one-off costs."""
-        for n in (1, min(4, self.chunk_size)):
-            if self.kind == "recommendation":
-                users = self._recommender().user_ids[:n]
-                self.predict_batch([RecommendQuery(user_id=u) for u in users])
-            elif self.kind == "text":
-                self.predict_batch(["warm up the model"] * n)
-            else:
-                self.predict_batch([np.zeros(self.image_shape, dtype=np.float32)] * n)
+        """Run a few batches on every engine so the first real request pays no one-off costs."""
+        counts: list[int | None] = [*sorted(self.engines)] or [None]
+        for threads in counts:
+            for n in (1, min(4, self.chunk_size)):
+                if self.kind == "recommendation":
+                    users = self._recommender().user_ids[:n]
+                    self.predict_batch([RecommendQuery(user_id=u) for u in users])
+                elif self.kind == "text":
+                    self.predict_batch(["warm up the model"] * n, threads)
+                else:
+                    self.predict_batch([np.zeros(self.image_shape, dtype=np.float32)] * n, threads)
 
-    def _predict_texts(self, texts: list[str]) -> list[dict[str, Any]]:
-        predictor = self._classifier()
-        prep = predictor.preprocessor
+    def _engine(self, threads: int | None) -> Engine:
+        if threads is None:
+            return self._classifier().engine
+        engine = self.engines.get(threads)
+        if engine is None:
+            raise ValueError(
+                f"model {self.name} has engines for {sorted(self.engines)} intra-op threads, "
+                f"not {threads}"
+            )
+        return engine
+
+    def _predict_texts(self, texts: list[str], engine: Engine) -> list[dict[str, Any]]:
+        prep = self._classifier().preprocessor
         assert isinstance(prep, TextPreprocessor)  # kind "text"
         encodings = prep.tokenizer.encode_batch(texts)
         ids = [enc.ids for enc in encodings]
@@ -186,7 +215,7 @@ class ServedModel:
         probs = np.empty((len(ids), len(self.labels)), dtype=np.float32)
         for start in range(0, len(order), self.chunk_size):
             chunk = order[start : start + self.chunk_size]
-            logits = predictor.engine(prep.collate([ids[i] for i in chunk]))
+            logits = engine(prep.collate([ids[i] for i in chunk]))
             probs[chunk] = _softmax(logits)
         return [
             self._output(row, truncated=bool(enc.overflowing))
@@ -230,9 +259,13 @@ def load_served_model(
     device: str | None,
     num_threads: int,
     chunk_size: int,
+    thread_counts: Sequence[int] = (),
     loader: Callable[..., Predictor | Recommender] | None = None,
 ) -> ServedModel:
     """Resolve, load and warm up one version (blocking; run it off the event loop).
+
+    The package loads with ``num_threads`` intra-op threads; a classifier also gets an engine for
+    each of ``thread_counts``.
 
     Raises:
         ModelLoadError: the source cannot be resolved or the package fails to load or warm up.
@@ -244,13 +277,17 @@ def load_served_model(
         predictor = (loader or load)(resolved.path, device=device, num_threads=num_threads)
     except KilnError as exc:
         raise ModelLoadError(f"{source}: {exc}") from exc
-    served = ServedModel(
-        name=name or resolved.name or str(predictor.manifest.get("name") or resolved.path.name),
-        version=version if version is not None else (resolved.version or 1),
-        predictor=predictor,
-        source=source,
-        chunk_size=chunk_size,
-    )
+    try:
+        served = ServedModel(
+            name=name or resolved.name or str(predictor.manifest.get("name") or resolved.path.name),
+            version=version if version is not None else (resolved.version or 1),
+            predictor=predictor,
+            source=source,
+            chunk_size=chunk_size,
+            thread_counts=thread_counts,
+        )
+    except KilnError as exc:
+        raise ModelLoadError(f"{source}: {exc}") from exc
     try:
         served.warm_up()
     except Exception as exc:

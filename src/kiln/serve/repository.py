@@ -24,6 +24,7 @@ from kiln.serve.config import BatchingConfig, ModelConfig, ServeConfig
 from kiln.serve.metrics import ServeMetrics
 from kiln.serve.models import ServedModel, load_served_model, resolve_source
 from kiln.serve.routing import Router
+from kiln.serve.threads import plan_threads
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class ModelRepository:
         self._entries: dict[str, ModelEntry] = {}
         self._batching: dict[str, BatchingConfig] = {}
         self._sources: dict[tuple[str, int], str] = {}
+        self.threads = plan_threads(config)  # intra-op threads per model call, by load
         self._lock = asyncio.Lock()
         self._is_ready = False
         self._watch_task: asyncio.Task[None] | None = None
@@ -170,8 +172,9 @@ class ModelRepository:
                 version=version,
                 source=source,
                 device=self.config.device,
-                num_threads=self.config.num_threads,
+                num_threads=self.threads.shared,
                 chunk_size=cfg.compute_chunk_size,
+                thread_counts=self.threads.counts,
             )
             loaded = self._start_version(served, cfg)
             old_entry = self._entries.get(served.name)
@@ -237,14 +240,20 @@ class ModelRepository:
                 logger.exception("prediction observer %r failed", observer)
 
     def _start_version(self, served: ServedModel, cfg: BatchingConfig) -> LoadedVersion:
-        concurrency = cfg.concurrency(num_threads=self.config.num_threads, workers=self.config.workers)
+        plan = self.threads
+        concurrency = cfg.concurrency(num_threads=plan.shared, workers=self.config.workers)
         cfg = cfg.model_copy(update={"max_concurrent_batches": concurrency})
         executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"kiln-{served.name}")
         labels = (served.name, str(served.version))
 
         async def handler(inputs: list[Any]) -> list[dict[str, Any]]:
+            # The batch counts itself among those in flight; the load seen as it starts decides.
+            threads = plan.threads_for(
+                batches_in_flight=batcher.batches_in_flight, is_waiting=batcher.is_waiting
+            )
+            self.metrics.batch_threads.labels(*labels, str(threads)).inc()
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(executor, served.predict_batch, inputs)
+            return await loop.run_in_executor(executor, served.predict_batch, inputs, threads)
 
         def on_batch(size: int, compute_s: float) -> None:
             self.metrics.batch_size.labels(*labels).observe(size)

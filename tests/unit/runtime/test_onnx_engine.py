@@ -31,6 +31,16 @@ def test_onnx_engine_feeds_only_declared_inputs(image_onnx_package: Path) -> Non
     assert logits.dtype == np.float32
 
 
+def test_onnx_engine_with_threads_is_a_session_with_that_many_intra_op_threads(image_onnx_package: Path) -> None:
+    one = OnnxEngine(image_onnx_package / "model.onnx", intra_op_threads=1)
+    two = one.with_threads(2)
+    assert one.with_threads(1) is one
+    assert two.session is not one.session
+    assert two.session.get_session_options().intra_op_num_threads == 2
+    pixels = {"pixel_values": np.linspace(0, 1, 3 * 64, dtype=np.float32).reshape(3, 1, 8, 8)}
+    np.testing.assert_allclose(two(pixels), one(pixels), rtol=1e-5, atol=1e-6)
+
+
 def test_onnx_engine_names_missing_input(image_onnx_package: Path) -> None:
     engine = OnnxEngine(image_onnx_package / "model.onnx")
     with pytest.raises(PackageError, match="pixel_values"):

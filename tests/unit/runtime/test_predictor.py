@@ -102,3 +102,39 @@ def test_load_classifier_refuses_a_recommendation_package_naming_its_task(tmp_pa
 def test_load_recommender_refuses_a_classifier_package_naming_its_task(image_package: Path) -> None:
     with pytest.raises(PackageError, match=r"a 'image-classification' package, expected a 'recommendation' package"):
         load_recommender(image_package)
+
+
+def test_torch_engine_with_threads_gives_each_calling_thread_its_own_count() -> None:
+    """Two views of one module called at once from two threads each run at their own count."""
+    import threading
+
+    import torch
+    from torch import nn
+
+    from kiln.runtime.predictor import TorchEngine
+
+    both_inside = threading.Barrier(2, timeout=30)
+
+    class Probe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1))
+            self.seen: dict[str, int] = {}
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            both_inside.wait()  # both calls are inside the model at the same time
+            self.seen[threading.current_thread().name] = torch.get_num_threads()
+            both_inside.wait()
+            return x * self.scale
+
+    probe = Probe()
+    base = TorchEngine(probe, torch.device("cpu"))
+    features = {"x": np.ones((1, 2), dtype=np.float32)}
+    calls = [
+        threading.Thread(target=base.with_threads(n), args=(features,), name=f"t{n}") for n in (1, 2)
+    ]
+    for call in calls:
+        call.start()
+    for call in calls:
+        call.join()
+    assert probe.seen == {"t1": 1, "t2": 2}

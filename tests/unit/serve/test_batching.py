@@ -16,6 +16,7 @@ from kiln.serve.batching import (
     QueueFullError,
 )
 from kiln.serve.config import BatchingConfig
+from kiln.serve.threads import ThreadPlan
 
 pytestmark = pytest.mark.anyio
 
@@ -93,6 +94,63 @@ async def test_batcher_with_free_slots_sends_a_lone_request_at_once() -> None:
     result = await asyncio.wait_for(batcher.submit([5]), timeout=10)
     await batcher.stop()
     assert result.outputs == [50] and handler.batches == [[5]]
+
+
+class LoadRecorder(HeldHandler):
+    """A held handler that records the load each batch sees as it starts, and its thread count."""
+
+    def __init__(self, hold: int = 1) -> None:
+        super().__init__(hold)
+        self.batcher: Batcher | None = None
+        self.threads: list[int] = []
+        self.plan = ThreadPlan(alone=2, shared=1)
+
+    async def __call__(self, inputs: list[Any]) -> Sequence[Any]:
+        assert self.batcher is not None
+        load = {"batches_in_flight": self.batcher.batches_in_flight, "is_waiting": self.batcher.is_waiting}
+        self.threads.append(self.plan.threads_for(**load))
+        return await super().__call__(inputs)
+
+
+async def test_batcher_lone_batch_sees_itself_alone_and_gets_every_core() -> None:
+    handler = LoadRecorder(hold=0)
+    handler.batcher = batcher = Batcher(handler, config(max_concurrent_batches=2))
+    batcher.start()
+    for x in (1, 2):  # one request at a time: each batch computes alone
+        assert (await batcher.submit([x])).outputs == [x * 10]
+    await batcher.stop()
+    assert handler.threads == [2, 2]
+
+
+async def test_batcher_batches_side_by_side_get_one_thread_each() -> None:
+    handler = LoadRecorder(hold=2)
+    handler.batcher = batcher = Batcher(handler, config(max_concurrent_batches=2))
+    tasks = [asyncio.create_task(batcher.submit([x])) for x in range(6)]
+    batcher.start()  # six requests over two free slots: two batches at once
+    await handler.started.wait()
+    await settle()
+    assert handler.batches == [[0, 1, 2], [3, 4, 5]]
+    assert handler.threads == [1, 1]
+    handler.release.set()
+    assert [r.outputs for r in await asyncio.gather(*tasks)] == [[x * 10] for x in range(6)]
+    await batcher.stop()
+
+
+async def test_batcher_batch_starting_while_the_next_gathers_gets_one_thread() -> None:
+    handler = LoadRecorder(hold=0)
+    # A one-hour delay: the second batch gathers (and so counts as waiting) until stop.
+    handler.batcher = batcher = Batcher(
+        handler, config(max_concurrent_batches=2, max_queue_delay_ms=3_600_000.0)
+    )
+    tasks = [asyncio.create_task(batcher.submit([x])) for x in range(3)]
+    batcher.start()  # [0, 1] goes to one slot, 2 starts gathering in the other
+    await handler.started.wait()
+    await settle()
+    assert batcher.batches_in_flight == 0 and batcher.is_waiting
+    await batcher.stop()
+    assert [r.outputs for r in await asyncio.gather(*tasks)] == [[0], [10], [20]]
+    assert handler.batches == [[0, 1], [2]]
+    assert handler.threads[0] == 1
 
 
 async def test_batcher_splits_at_max_batch_size_and_keeps_request_order() -> None:

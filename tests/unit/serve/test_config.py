@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from kiln.errors import ConfigError
-from kiln.serve.config import ModelConfig, load_serve_config
+from kiln.serve.config import ModelConfig, ServeConfig, load_serve_config, parse_serve_config
 from kiln.serve.models import ModelLoadError, resolve_source
 from kiln.serve.security import bearer_token, is_loopback, read_tokens, token_verifier
 
@@ -85,3 +85,14 @@ def test_concurrent_batches_default_to_one_per_core_left_by_intra_op_threads(mon
     assert auto.concurrency(num_threads=2, workers=2) == 2
     assert auto.concurrency(num_threads=16, workers=1) == 1
     assert serve_config.BatchingConfig(max_concurrent_batches=3).concurrency(num_threads=1, workers=1) == 3
+
+
+def test_serve_config_num_threads_defaults_to_auto_and_takes_a_count() -> None:
+    assert ServeConfig().num_threads == "auto"
+    assert parse_serve_config({"num_threads": 2}).num_threads == 2
+
+
+@pytest.mark.parametrize("value", [0, -1, "many", "2", True, 1.5])
+def test_serve_config_num_threads_refuses_anything_but_auto_or_a_count(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"num_threads: .*num_threads must be 'auto' or an integer >= 1, got "):
+        parse_serve_config({"num_threads": value}, source="serve.yaml")
