@@ -1,13 +1,17 @@
-"""Benchmark ``kiln serve`` against the in-process ceiling and a plain FastAPI endpoint, one run.
+"""Benchmark ``kiln serve`` against the in-process ceiling and plain FastAPI endpoints, one run.
 
 On the same package and the same real review texts (Rotten Tomatoes, via ``kiln.data``) it
-measures, and prints with the ratios issue 5's goals name:
+measures, and prints with the ratios issues 5 and 14 name:
 
 - the ceiling: the package's predictor called in-process, best of a small grid of batch sizes,
   intra-op threads and parallel sessions; and the raw single-text latency (batch 1);
-- Kiln (``kiln serve`` with its defaults) and a plain FastAPI endpoint doing one inference per
-  request, each in its own uvicorn process, closed loop at concurrency 1, 16 and 64 and in an
-  open-loop (Poisson) rate sweep: throughput, p50, p99;
+- four servers, each in its own uvicorn process (``--servers`` picks): Kiln with its defaults
+  (``num_threads: auto``), Kiln with one intra-op thread per call (``kiln-1t``), and a plain
+  FastAPI endpoint doing one inference per request with all cores per call (``plain-2t`` on 2
+  cores) and with one thread per call (``plain-1t``); closed loop at concurrency 1, 16 and 64
+  (with the share of Kiln's batches that ran alone on all cores) and an open-loop (Poisson)
+  rate sweep: throughput, p50, p99; then Kiln against each at c=1 (p50) and at the top
+  concurrency (req/s), with ratios;
 - overload: Kiln at 10x its sustainable rate (stays up, sheds with 503, accepted p99 bounded)
   and then at light load again (recovers);
 - with ``--soak-s N``: the server's resident memory over N seconds of steady load.
@@ -16,8 +20,9 @@ measures, and prints with the ratios issue 5's goals name:
     python bench/serve.py --package PATH            # an int8 ONNX MiniLM package, say
     python bench/serve.py --monitoring --package PATH --duration-s 30 --rounds 2
     python bench/serve.py                           # an untrained BERT package built here
+    python bench/serve.py --package PATH --concurrency 1 64 --rates --overload-s 0  # light load only
     python bench/serve.py --size tiny --duration-s 1 --ceiling-s 0.5 --concurrency 1 4 \
-        --rates 0.5 1 --batch-sizes 1 8 --threads 1 --sessions 1 --overload-s 1 --soak-s 2  # smoke
+        --rates 0.5 1 --batch-sizes 1 8 --threads 1 2 --sessions 1 --overload-s 1 --soak-s 2  # smoke
 
 The closed-loop rows are driven by wrk when it is installed (``apt-get install wrk``; one C thread,
 so the load generator takes little of the CPUs it shares with the servers) and otherwise by an
@@ -427,15 +432,21 @@ def main() -> None:
     parser.add_argument(
         "--rates",
         type=float,
-        nargs="+",
+        nargs="*",
         default=[0.25, 0.5, 0.75, 1.0, 1.25],
-        help="open-loop rates as fractions of Kiln's c=64 throughput",
+        help="open-loop rates as fractions of Kiln's c=64 throughput (none: skip the open loop)",
     )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--max-words", type=int, default=48, help="review texts cut to this many words")
-    parser.add_argument("--overload-s", type=float, default=10.0, help="seconds at 10x the sustainable rate")
+    parser.add_argument(
+        "--servers", nargs="+", choices=SERVERS, default=list(SERVERS),
+        help="servers to compare (kiln always runs): see start_servers",
+    )  # fmt: skip
+    parser.add_argument(
+        "--overload-s", type=float, default=10.0, help="seconds at 10x the sustainable rate (0: skip)"
+    )
     parser.add_argument("--soak-s", type=float, default=0.0, help="memory soak seconds (0: skip)")
     parser.add_argument("--plain-server", type=int, help=argparse.SUPPRESS)  # internal: serve plain on PORT
     parser.add_argument("--max-batch-size", type=int, default=32, help="batcher size (--monitoring)")
@@ -446,6 +457,7 @@ def main() -> None:
     parser.add_argument("--monitoring", action="store_true", help="measure monitoring on vs off instead")
     parser.add_argument("--rounds", type=int, default=2, help="off/on alternations (--monitoring)")
     args = parser.parse_args()
+    args.servers = ["kiln", *(s for s in args.servers if s != "kiln")]
     if args.plain_server:
         serve_plain(args.package, args.plain_server, max(args.threads))
         return
@@ -458,7 +470,7 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return
-    kiln_server = plain_server = None
+    servers: dict[str, subprocess.Popen[bytes]] = {}
     try:
         package = args.package or build_package(work / "bench", args.size)
         texts = review_texts(2000, args.max_words)
@@ -473,66 +485,44 @@ def main() -> None:
             f"sessions {ceiling['sessions']}); raw single-text latency p50 {single['p50_ms']:.2f} ms"
         )
 
-        (work / "serve.yaml").write_text(yaml.safe_dump({"models": [{"name": "bench", "versions": {1: str(package)}}]}))
-        kiln_port, plain_port = free_port(), free_port()
-        kiln_base, plain_base = f"http://127.0.0.1:{kiln_port}", f"http://127.0.0.1:{plain_port}"
-        kiln_server = start(
-            [
-                sys.executable,
-                "-m",
-                "kiln.cli.main",
-                "serve",
-                "--config",
-                str(work / "serve.yaml"),
-                "--port",
-                str(kiln_port),
-            ],
-            kiln_base,
-        )
-        plain_server = start(
-            [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--package",
-                str(package),
-                "--threads",
-                str(max(args.threads)),
-                "--plain-server",
-                str(plain_port),
-            ],
-            plain_base,
-        )
-        urls = {"kiln": kiln_base + "/v1/models/bench:predict", "plain": plain_base + "/v1/models/bench:predict"}
+        urls = start_servers(package, work, args, servers)
+        plain_wide = f"plain-{max(args.threads)}t"
 
         print(f"\nclosed loop ({args.client}){'':<7} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}")
         closed: dict[tuple[str, int], dict[str, Any]] = {}
         for concurrency in args.concurrency:
             for name, url in urls.items():
+                before = batches_by_threads(url) if name.startswith("kiln") else {}
                 closed[name, concurrency] = r = run_closed(args.client, url, texts, concurrency, args.duration_s, work)
-                row(f"{name} c={concurrency}", r, f"errors {r['errors']}")
+                extra = f"errors {r['errors']}"
+                if name == "kiln":
+                    extra += f"  {wide_share(before, batches_by_threads(url))}"
+                row(f"{name} c={concurrency}", r, extra)
 
         top_c = max(args.concurrency)
         sustainable = closed["kiln", top_c]["rps"]
-        print(f"\nopen loop (rates x {sustainable:.0f} req/s)  {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}")
+        if args.rates:
+            print(f"\nopen loop (rates x {sustainable:.0f} req/s)  {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}")
         for fraction in args.rates:
             for name, url in urls.items():
                 r = asyncio.run(open_loop(url, texts, sustainable * fraction, args.duration_s))
                 row(f"{name} {sustainable * fraction:.0f}/s", r, f"shed {r['shed']} failed {r['failed']}")
 
-        print("\noverload (Kiln at 10x the sustainable rate, then at c=1)")
-        over = asyncio.run(open_loop(urls["kiln"], texts, sustainable * 10, args.overload_s))
-        row(f"kiln {sustainable * 10:.0f}/s", over, f"shed {over['shed']} failed {over['failed']}")
-        is_up = kiln_server.poll() is None
-        after = run_closed(args.client, urls["kiln"], texts, 1, args.duration_s, work)
-        row("kiln c=1 after", after, f"errors {after['errors']}")
         before = closed["kiln", min(args.concurrency)]
-        print(
-            f"  stays up: {is_up}; sheds with 503: {over['shed'] > 0}; accepted p99 {over['p99_ms']:.0f} ms; "
-            f"recovers: p50 {after['p50_ms']:.2f} ms vs {before['p50_ms']:.2f} ms before"
-        )
+        if args.overload_s > 0:
+            print("\noverload (Kiln at 10x the sustainable rate, then at c=1)")
+            over = asyncio.run(open_loop(urls["kiln"], texts, sustainable * 10, args.overload_s))
+            row(f"kiln {sustainable * 10:.0f}/s", over, f"shed {over['shed']} failed {over['failed']}")
+            is_up = servers["kiln"].poll() is None
+            after = run_closed(args.client, urls["kiln"], texts, 1, args.duration_s, work)
+            row("kiln c=1 after", after, f"errors {after['errors']}")
+            print(
+                f"  stays up: {is_up}; sheds with 503: {over['shed'] > 0}; accepted p99 {over['p99_ms']:.0f} ms; "
+                f"recovers: p50 {after['p50_ms']:.2f} ms vs {before['p50_ms']:.2f} ms before"
+            )
 
         if args.soak_s > 0:
-            samples = soak(kiln_server, urls["kiln"], texts, args.soak_s)
+            samples = soak(servers["kiln"], urls["kiln"], texts, args.soak_s)
             print(
                 f"\nsoak {args.soak_s:.0f}s at c=16: RSS MiB "
                 + " ".join(f"{s:.0f}" for s in samples)
@@ -540,20 +530,98 @@ def main() -> None:
             )
 
         print("\ngoals")
-        k, p = closed["kiln", top_c], closed["plain", top_c]
-        print(f"  c={top_c}: Kiln / plain throughput {k['rps'] / max(p['rps'], 1e-9):.2f}x (goal >= 1.3)")
-        print(f"  c={top_c}: Kiln p99 / plain p99 {k['p99_ms'] / p['p99_ms']:.2f} (goal <= 0.5)")
-        print(f"  c={top_c}: Kiln / ceiling {k['rps'] / ceiling['rps']:.2f} (goal >= 0.9)")
-        c1 = closed["kiln", min(args.concurrency)]
+        if plain_wide in urls:
+            k, p = closed["kiln", top_c], closed[plain_wide, top_c]
+            print(f"  c={top_c}: Kiln / {plain_wide} throughput {k['rps'] / max(p['rps'], 1e-9):.2f}x (goal >= 1.3)")
+            print(f"  c={top_c}: Kiln p99 / {plain_wide} p99 {k['p99_ms'] / p['p99_ms']:.2f} (goal <= 0.5)")
+        print(f"  c={top_c}: Kiln / ceiling {closed['kiln', top_c]['rps'] / ceiling['rps']:.2f} (goal >= 0.9)")
         print(
             f"  c={min(args.concurrency)}: Kiln p50 - raw single-text latency "
-            f"{c1['p50_ms'] - single['p50_ms']:+.2f} ms (goal <= +1 ms)"
+            f"{before['p50_ms'] - single['p50_ms']:+.2f} ms (goal <= +1 ms)"
         )
+        print_light_load(closed, urls, min(args.concurrency), top_c, plain_wide)
     finally:
-        for server in (kiln_server, plain_server):
-            if server is not None:
-                stop(server)
+        for server in servers.values():
+            stop(server)
         shutil.rmtree(work, ignore_errors=True)
+
+
+SERVERS = ("kiln", "kiln-1t", "plain-wide", "plain-1t")
+
+
+def start_servers(
+    package: Path, work: Path, args: argparse.Namespace, servers: dict[str, subprocess.Popen[bytes]]
+) -> dict[str, str]:
+    """Start the chosen servers (``--servers``) into ``servers``; their predict URLs by label.
+
+    ``kiln``: ``kiln serve`` with its defaults (``num_threads: auto``); ``kiln-1t``: one intra-op
+    thread per call whatever the load (``num_threads: 1``, the default before auto);
+    ``plain-wide`` (labelled ``plain-Nt``): the plain endpoint with N = max(--threads) intra-op
+    threads per call (all cores: what most people write); ``plain-1t``: the plain endpoint with
+    one thread per call (the tuned one).
+    """
+    urls: dict[str, str] = {}
+    for choice in args.servers:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        if choice.startswith("kiln"):
+            settings: dict[str, Any] = {"models": [{"name": "bench", "versions": {1: str(package)}}]}
+            if choice == "kiln-1t":
+                settings["num_threads"] = 1
+            path = work / f"serve-{len(urls)}.yaml"
+            path.write_text(yaml.safe_dump(settings))
+            argv = [sys.executable, "-m", "kiln.cli.main", "serve", "--config", str(path), "--port", str(port)]
+            label = choice
+        else:
+            threads = max(args.threads) if choice == "plain-wide" else 1
+            argv = [
+                sys.executable, str(Path(__file__).resolve()), "--package", str(package),
+                "--threads", str(threads), "--plain-server", str(port),
+            ]  # fmt: skip
+            label = f"plain-{threads}t"
+        if label in urls:
+            continue  # plain-wide is plain-1t when --threads is 1
+        servers[label] = start(argv, base)
+        urls[label] = base + "/v1/models/bench:predict"
+    return urls
+
+
+def batches_by_threads(url: str) -> dict[str, float]:
+    """Kiln's model calls so far by the intra-op threads they were given (its /metrics)."""
+    base = url.split("/v1/")[0]
+    text = httpx.get(base + "/metrics", timeout=10).text
+    pattern = re.compile(r'^kiln_batches_total\{[^}]*threads="(\d+)"[^}]*\} ([\d.e+]+)$', re.M)
+    return {m[1]: float(m[2]) for m in pattern.finditer(text)}
+
+
+def wide_share(before: dict[str, float], after: dict[str, float]) -> str:
+    """Which share of a row's model calls ran on more than one thread (a batch alone)."""
+    calls = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    total = sum(calls.values())
+    wide = sum(v for k, v in calls.items() if int(k) > 1)
+    return f"batches alone (all cores) {wide / total:.0%} of {total:.0f}" if total else ""
+
+
+def print_light_load(
+    closed: dict[tuple[str, int], dict[str, Any]], urls: dict[str, str], low_c: int, top_c: int, plain_wide: str
+) -> None:
+    """Kiln against each baseline at light load (p50) and at saturation (req/s), with ratios."""
+    print("\nlight load and saturation: Kiln against each baseline (ratios Kiln / baseline)")
+    k1, kt = closed["kiln", low_c], closed["kiln", top_c]
+    cells = [f"kiln {k1['p50_ms']:.2f} ms"]
+    for name in urls:
+        if name != "kiln":
+            ratio = k1["p50_ms"] / closed[name, low_c]["p50_ms"]
+            goal = " (goal <= 1.10)" if name == plain_wide else ""
+            cells.append(f"{name} {closed[name, low_c]['p50_ms']:.2f} ms: {ratio:.2f}{goal}")
+    print(f"  c={low_c} p50:    " + " | ".join(cells))
+    cells = [f"kiln {kt['rps']:.1f}"]
+    for name in urls:
+        if name != "kiln":
+            ratio = kt["rps"] / max(closed[name, top_c]["rps"], 1e-9)
+            goal = " (goal >= 0.95: keeps its throughput)" if name == "kiln-1t" else ""
+            cells.append(f"{name} {closed[name, top_c]['rps']:.1f}: {ratio:.2f}x{goal}")
+    print(f"  c={top_c} req/s: " + " | ".join(cells))
 
 
 def bench_monitoring(model: Path, work: Path, args: argparse.Namespace) -> None:
