@@ -1,10 +1,21 @@
 """Drift of a window of live data against the reference profile, one statistic at a time.
 
-The test per statistic follows Evidently's defaults: with a reference of at most 1,000 rows,
-numeric statistics use the two-sample Kolmogorov–Smirnov test and categorical ones Pearson's
-chi², drifting at p < 0.05; above 1,000 rows, the normed Wasserstein distance (numeric) and
-the Jensen–Shannon distance (categorical), drifting at >= 0.1. PSI is computed for every
-statistic as well, for rules such as ``psi(prediction) > 0.2``.
+Each kind of column has one deciding test, whatever the reference's size (the profile keeps a
+sample of at most ``profile.MAX_SAMPLE_ROWS`` rows, so a two-sample test never sees more):
+
+- numeric statistics (length, confidence, embedding projections): the two-sample
+  Kolmogorov–Smirnov test, drifting at p < 0.05;
+- counts of rows per category (the predicted label): Pearson's chi² test of the 2 x k table of
+  reference and window counts, drifting at p < 0.05. Both sides are samples, so the test is
+  two-sample (a goodness-of-fit test against the reference's shares, taken as exact, flags
+  13% of same-distribution windows of 500 rows against 1,000 reference rows);
+- histograms whose counts are not independent rows (pixel intensities: every pixel of an image
+  is counted): the Jensen–Shannon distance of the shares, drifting at >= 0.1. A test on
+  counts of pixels would read tiny changes as certain ones.
+
+PSI and the Jensen–Shannon distance are computed for every column as well, and the KS statistic
+and the normed Wasserstein distance for numeric ones, for rules such as ``psi(prediction) > 0.2``
+or ``wasserstein(length) > 0.5``.
 """
 
 from __future__ import annotations
@@ -14,9 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SMALL_REFERENCE_ROWS = 1000  # at most this many reference rows: statistical tests, else distances
 P_VALUE_THRESHOLD = 0.05  # KS / chi² drift when p is below
-DISTANCE_THRESHOLD = 0.1  # Wasserstein (normed) / Jensen–Shannon drift at or above
+DISTANCE_THRESHOLD = 0.1  # Jensen–Shannon distance of histograms drifts at or above
 PSI_BINS = 10  # quantile bins of the reference for PSI on numeric statistics
 _EPS = 1e-4  # floor of a bin's share so PSI and logs stay finite
 
@@ -26,8 +36,8 @@ class ColumnDrift:
     """How one statistic moved between the reference and the window."""
 
     column: str  # e.g. "length", "prediction", "emb_3"
-    kind: str  # "numeric" or "categorical"
-    method: str  # the deciding test: "ks", "chi2", "wasserstein", "jensen_shannon"
+    kind: str  # "numeric", "categorical" or "histogram"
+    method: str  # the deciding test: "ks", "chi2" or "jensen_shannon"
     score: float  # its value: a p-value for tests, a distance otherwise
     threshold: float  # drift when score < threshold (tests) or >= threshold (distances)
     is_drifted: bool  # the decision
@@ -51,14 +61,13 @@ def jensen_shannon(reference: np.ndarray, current: np.ndarray) -> float:
 def numeric_drift(
     column: str, reference: Sequence[float] | np.ndarray, current: Sequence[float] | np.ndarray
 ) -> ColumnDrift:
-    """Compare a numeric statistic's reference values with the window's values."""
+    """Compare a numeric statistic's reference values with the window's values (KS decides)."""
     from scipy import stats
 
     ref = np.asarray(reference, dtype=np.float64)
     cur = np.asarray(current, dtype=np.float64)
     ks = stats.ks_2samp(ref, cur)
     scale = ref.std() or 1.0
-    wasserstein = float(stats.wasserstein_distance(ref, cur) / scale)
     edges = np.unique(np.quantile(ref, np.linspace(0, 1, PSI_BINS + 1)))
     if len(edges) < 2:
         edges = np.array([ref.min() - 0.5, ref.max() + 0.5])
@@ -67,41 +76,45 @@ def numeric_drift(
         "psi": psi(ref_share, cur_share),
         "ks": float(ks.statistic),
         "ks_p": float(ks.pvalue),
-        "wasserstein": wasserstein,
+        "wasserstein": float(stats.wasserstein_distance(ref, cur) / scale),
         "js": jensen_shannon(ref_share, cur_share),
     }
-    if len(ref) <= SMALL_REFERENCE_ROWS:
-        return ColumnDrift(
-            column, "numeric", "ks", values["ks_p"], P_VALUE_THRESHOLD, values["ks_p"] < P_VALUE_THRESHOLD, values
-        )
-    return ColumnDrift(
-        column, "numeric", "wasserstein", wasserstein, DISTANCE_THRESHOLD, wasserstein >= DISTANCE_THRESHOLD, values
-    )
+    p = values["ks_p"]
+    return ColumnDrift(column, "numeric", "ks", p, P_VALUE_THRESHOLD, p < P_VALUE_THRESHOLD, values)
 
 
 def categorical_drift(column: str, reference: Mapping[str, int], current: Mapping[str, int]) -> ColumnDrift:
-    """Compare category counts of the reference with those of the window."""
+    """Compare counts of rows per category in the reference and the window (chi² decides)."""
     from scipy import stats
 
+    ref, cur, values = _count_stats(reference, current)
+    table = np.vstack([ref, cur])
+    table = table[:, table.sum(axis=0) > 0]  # a category neither side saw has no expected count
+    has_test = table.shape[1] > 1 and ref.sum() > 0 and cur.sum() > 0
+    chi2_p = float(stats.chi2_contingency(table, correction=False).pvalue) if has_test else 1.0
+    values["chi2_p"] = chi2_p
+    return ColumnDrift(column, "categorical", "chi2", chi2_p, P_VALUE_THRESHOLD, chi2_p < P_VALUE_THRESHOLD, values)
+
+
+def histogram_drift(column: str, reference: Mapping[str, int], current: Mapping[str, int]) -> ColumnDrift:
+    """Compare histograms whose counts are not independent rows, e.g. pixels (Jensen–Shannon decides)."""
+    _, _, values = _count_stats(reference, current)
+    js = values["js"]
+    return ColumnDrift(column, "histogram", "jensen_shannon", js, DISTANCE_THRESHOLD, js >= DISTANCE_THRESHOLD, values)
+
+
+def _count_stats(
+    reference: Mapping[str, int], current: Mapping[str, int]
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     keys = sorted(set(reference) | set(current))
     ref = np.asarray([reference.get(k, 0) for k in keys], dtype=np.float64)
     cur = np.asarray([current.get(k, 0) for k in keys], dtype=np.float64)
     ref_share, cur_share = ref / max(ref.sum(), 1.0), cur / max(cur.sum(), 1.0)
-    # Chi² of the window's counts against the counts the reference shares predict.
-    expected = np.clip(ref_share, _EPS, None)
-    expected = expected / expected.sum() * cur.sum()
-    chi2_p = float(stats.chisquare(cur, expected).pvalue) if len(keys) > 1 and cur.sum() > 0 else 1.0
     values = {
         "psi": psi(ref_share, cur_share),
-        "chi2_p": chi2_p,
-        "js": jensen_shannon(ref_share, cur_share) if cur.sum() > 0 else 0.0,
+        "js": jensen_shannon(ref_share, cur_share) if cur.sum() > 0 and ref.sum() > 0 else 0.0,
     }
-    if ref.sum() <= SMALL_REFERENCE_ROWS:
-        return ColumnDrift(column, "categorical", "chi2", chi2_p, P_VALUE_THRESHOLD, chi2_p < P_VALUE_THRESHOLD, values)
-    js = values["js"]
-    return ColumnDrift(
-        column, "categorical", "jensen_shannon", js, DISTANCE_THRESHOLD, js >= DISTANCE_THRESHOLD, values
-    )
+    return ref, cur, values
 
 
 def _shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:

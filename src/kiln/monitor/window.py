@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from kiln.monitor.drift import ColumnDrift, categorical_drift, numeric_drift
+from kiln.monitor.drift import ColumnDrift, categorical_drift, histogram_drift, numeric_drift
 from kiln.monitor.features import numeric_features, pixel_counts
 from kiln.monitor.predlog import LoggedInput
 from kiln.monitor.profile import projection_of
@@ -124,7 +124,7 @@ def _drift_columns(
         pixels = pixel_counts(predictor, inputs)
         if pixels is not None and "pixel_intensity" in profile["categorical"]:
             current = {str(i): int(c) for i, c in enumerate(pixels)}
-            columns.append(categorical_drift("pixel_intensity", profile["categorical"]["pixel_intensity"], current))
+            columns.append(histogram_drift("pixel_intensity", profile["categorical"]["pixel_intensity"], current))
     for name, values in live.items():
         if name in reference and len(values) and reference[name]["sample"]:
             columns.append(numeric_drift(name, reference[name]["sample"], values))
