@@ -3,7 +3,8 @@
 Layout: ``kiln.json`` (the manifest) beside the weights (``model.safetensors`` + ``config.json``,
 or ``model.onnx``) and the preprocessor's files (``tokenizer.json``). The manifest lists the
 sha256 of every other file; ``read_manifest(verify=True)`` refuses a package with a missing,
-extra-sized or altered file. Packages are written into a temporary sibling folder and renamed
+extra-sized or altered file, and every reading refuses a file name that could reach outside
+the package folder (``check_file_names``). Packages are written into a temporary sibling folder and renamed
 into place, so a crash never leaves half a package under the final name.
 """
 
@@ -13,9 +14,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from kiln.errors import PackageError
 MANIFEST_NAME = "kiln.json"
 SCHEMA_VERSION = 1
 _HASH_CHUNK_BYTES = 1 << 20
+# A Windows drive ("C:") or any character that is not part of a plain POSIX file name.
+_UNSAFE_NAME = re.compile(r"^[A-Za-z]:|[\\\x00-\x1f]")
 
 
 def sha256_file(path: Path) -> str:
@@ -70,6 +74,8 @@ def read_manifest(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
         found = manifest.get("schema_version") if isinstance(manifest, dict) else None
         raise PackageError(f"{manifest_path}: unsupported schema_version {found!r}, expected {SCHEMA_VERSION}")
+    if "files" in manifest:
+        check_file_names(folder, _listed_files(folder, manifest))
     if verify:
         verify_files(folder, manifest)
     return manifest
@@ -87,11 +93,55 @@ def require_task(folder: Path, manifest: dict[str, Any], tasks: Sequence[str]) -
         raise PackageError(f"{folder}: a {task!r} package, expected a {expected} package")
 
 
-def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
-    """Check that each file in ``manifest["files"]`` exists with the recorded sha256."""
+def check_file_names(folder: Path, names: Iterable[str]) -> None:
+    """Refuse any listed name that is not a plain relative path staying inside ``folder``.
+
+    A plain name uses ``/`` between parts, has no empty, ``.`` or ``..`` part, is not
+    absolute, carries no drive letter, backslash or control character, and does not pass
+    through a symlink that resolves outside ``folder``.
+
+    Raises:
+        PackageError: the first offending name, quoted.
+    """
+    root = folder.resolve()
+    for name in names:
+        reason = _name_problem(name)
+        if reason is None and not _stays_inside(root, folder / name):
+            reason = "it is a symlink that leads outside the package folder"
+        if reason is not None:
+            raise PackageError(f"{folder / MANIFEST_NAME}: file name {name!r} refused: {reason}")
+
+
+def _name_problem(name: object) -> str | None:
+    if not isinstance(name, str) or not name:
+        return "a file name must be a non-empty string"
+    if name.startswith("/"):
+        return "it is an absolute path"
+    if _UNSAFE_NAME.search(name):
+        return "it holds a drive letter, a backslash or a control character"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "it has an empty, '.' or '..' part"
+    return None
+
+
+def _stays_inside(root: Path, path: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def _listed_files(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise PackageError(f"{folder / MANIFEST_NAME}: manifest lists no files")
+    return files
+
+
+def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+    """Check that each file in ``manifest["files"]`` exists inside ``folder`` with the recorded sha256."""
+    files = _listed_files(folder, manifest)
+    check_file_names(folder, files)
     for rel, expected in files.items():
         target = folder / rel
         if not target.is_file():
