@@ -246,15 +246,35 @@ def serve(
     open_reads: Annotated[
         bool, typer.Option("--open-reads", help="Allow reads without a token")
     ] = False,
+    max_upload_bytes: Annotated[
+        int | None,
+        typer.Option(help="Largest package archive accepted, in bytes (default 2 GiB); larger gets 413"),
+    ] = None,
+    max_unpacked_bytes: Annotated[
+        int | None,
+        typer.Option(help="Most bytes an uploaded archive may unpack to (default 8 GiB); more gets 413"),
+    ] = None,
+    max_archive_entries: Annotated[
+        int | None,
+        typer.Option(help="Most files and folders in an uploaded archive (default 10000); more gets 413"),
+    ] = None,
 ) -> None:
     """Serve the registry's HTTP API (OpenAPI at /docs)."""
     import uvicorn
 
+    from kiln.registry.archives import ArchiveLimits
     from kiln.registry.http import create_app
 
     with user_errors():
+        given = {
+            "max_upload_bytes": max_upload_bytes,
+            "max_unpacked_bytes": max_unpacked_bytes,
+            "max_archive_entries": max_archive_entries,
+        }
+        limits = ArchiveLimits(**{k: v for k, v in given.items() if v is not None})
         registry = _open(ctx)
-        uvicorn.run(create_app(registry, is_read_open=open_reads), host=host, port=port)
+        app = create_app(registry, is_read_open=open_reads, limits=limits)
+        uvicorn.run(app, host=host, port=port)
 
 
 @user_app.command("add")

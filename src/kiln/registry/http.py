@@ -8,18 +8,24 @@ and tokens are an admin's. A missing or unknown token is 401, a too-weak role 40
 
 
 import contextlib
-import io
-import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from kiln.errors import KilnError
+from kiln.registry.archives import (
+    ArchiveLimits,
+    ArchiveTooLargeError,
+    iter_package_archive,
+    receive_archive,
+    unpack_archive,
+)
 from kiln.registry.client import Registry
 from kiln.registry.domain import (
     AliasMove,
@@ -32,8 +38,6 @@ from kiln.registry.domain import (
     User,
 )
 from kiln.registry.errors import AuthError, ConflictError, NotFoundError
-
-MAX_UPLOAD_BYTES = 2 << 30
 
 
 class AliasBody(BaseModel):
@@ -73,14 +77,25 @@ def _http_errors() -> Iterator[None]:
         yield
     except NotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except ArchiveTooLargeError as exc:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from exc
     except ConflictError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     except KilnError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
 
 
-def create_router(get_registry: Callable[[], Registry], *, is_read_open: bool = False) -> APIRouter:
-    """Registry endpoints over the registry ``get_registry`` returns (called per request)."""
+def create_router(
+    get_registry: Callable[[], Registry],
+    *,
+    is_read_open: bool = False,
+    limits: ArchiveLimits | None = None,
+) -> APIRouter:
+    """Registry endpoints over the registry ``get_registry`` returns (called per request).
+
+    ``limits`` bounds uploaded package archives (``ArchiveLimits()`` when None).
+    """
+    limits = limits or ArchiveLimits()
     router = APIRouter(tags=["registry"])
     bearer = HTTPBearer(auto_error=False)
 
@@ -144,16 +159,13 @@ def create_router(get_registry: Callable[[], Registry], *, is_read_open: bool = 
     @router.get(
         "/models/{name}/versions/{version}/package",
         dependencies=[reader],
-        response_class=Response,
+        response_class=StreamingResponse,
         responses={200: {"content": {"application/gzip": {}}}},
     )
-    def download_package(reg: Reg, name: str, version: int) -> Response:
+    def download_package(reg: Reg, name: str, version: int) -> StreamingResponse:
         with _http_errors():
             folder = reg.resolve(f"{name}@{version}")
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-            tar.add(folder, arcname=".")
-        return Response(buffer.getvalue(), media_type="application/gzip")
+        return StreamingResponse(iter_package_archive(folder), media_type="application/gzip")
 
     @router.get(
         "/models/{name}/aliases/{alias}", response_model=ModelVersion, dependencies=[reader]
@@ -185,13 +197,18 @@ def create_router(get_registry: Callable[[], Registry], *, is_read_open: bool = 
     async def register(
         reg: Reg, request: Request, name: str, user: User = writer, run_id: str | None = None
     ) -> ModelVersion:
-        """Register a package sent as a .tar.gz body."""
-        body = await request.body()
-        if len(body) > MAX_UPLOAD_BYTES:
-            raise HTTPException(413, f"package archive over {MAX_UPLOAD_BYTES} bytes")
+        """Register a package sent as a .tar.gz body (413 past the archive limits)."""
         from starlette.concurrency import run_in_threadpool
 
-        return await run_in_threadpool(_register_archive, reg, body, name, run_id, user.name)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limits.max_upload_bytes:
+            raise HTTPException(413, f"package archive larger than the limit of {limits.max_upload_bytes} bytes")
+        with tempfile.TemporaryDirectory(prefix="kiln-upload-") as tmp, _http_errors():
+            archive = Path(tmp) / "package.tar.gz"
+            await receive_archive(request.stream(), archive, max_bytes=limits.max_upload_bytes)
+            return await run_in_threadpool(
+                _register_archive, reg, archive, limits, name=name, run_id=run_id, user=user.name
+            )
 
     @router.put("/models/{name}/aliases/{alias}", response_model=AliasMove)
     def set_alias(
@@ -238,20 +255,18 @@ def create_router(get_registry: Callable[[], Registry], *, is_read_open: bool = 
 
 
 def _register_archive(
-    reg: Registry, body: bytes, name: str, run_id: str | None, user: str
+    reg: Registry, archive: Path, limits: ArchiveLimits, *, name: str, run_id: str | None, user: str
 ) -> ModelVersion:
-    with tempfile.TemporaryDirectory() as tmp, _http_errors():
-        folder = Path(tmp) / "package"
-        try:
-            with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
-                tar.extractall(folder, filter="data")
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise HTTPException(400, f"body is not a .tar.gz package archive: {exc}") from exc
-        return reg.register(folder, name=name, run=run_id, created_by=user)
+    folder = archive.with_name("package")
+    unpack_archive(archive, folder, limits)
+    archive.unlink()
+    return reg.register(folder, name=name, run=run_id, created_by=user)
 
 
-def create_app(registry: Registry, *, is_read_open: bool = False) -> FastAPI:
+def create_app(
+    registry: Registry, *, is_read_open: bool = False, limits: ArchiveLimits | None = None
+) -> FastAPI:
     """A standalone app serving ``registry`` (``kiln registry serve``)."""
     app = FastAPI(title="Kiln model registry", version="1")
-    app.include_router(create_router(lambda: registry, is_read_open=is_read_open))
+    app.include_router(create_router(lambda: registry, is_read_open=is_read_open, limits=limits))
     return app
