@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 import tarfile
 import threading
@@ -16,6 +17,7 @@ import uvicorn
 
 from kiln.registry import Registry, Role
 from kiln.registry.http import create_app
+from kiln.runtime.package import sha256_file
 
 
 def free_port() -> int:
@@ -122,3 +124,67 @@ def test_http_serves_openapi_schema(served: tuple[str, Registry, dict[str, str]]
     schema = httpx.get(f"{url}/openapi.json").json()
     assert "/models/{name}/aliases/{alias}" in schema["paths"]
     assert "put" in schema["paths"]["/models/{name}/aliases/{alias}"]
+
+
+def _crafted_archive(package: Path, name: str, target: Path) -> bytes:
+    """``package`` as an archive whose manifest also lists ``name`` with ``target``'s true hash."""
+    manifest = json.loads((package / "kiln.json").read_text())
+    manifest["files"][name] = sha256_file(target)
+    (package / "kiln.json").write_text(json.dumps(manifest))
+    return _archive(package)
+
+
+@pytest.mark.parametrize("kind", ["absolute", "dot-dot"])
+def test_http_refuses_a_manifest_naming_files_outside_the_package(
+    served: tuple[str, Registry, dict[str, str]], make_package: Callable[..., Path],
+    tmp_path: Path, kind: str,
+) -> None:
+    url, registry, tokens = served
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"server-side secret")
+    # Deeper than any temporary folder the server unpacks into, so it reaches the root.
+    name = str(secret) if kind == "absolute" else "../" * 32 + str(secret).lstrip("/")
+    response = httpx.post(f"{url}/models/m/versions", content=_crafted_archive(make_package(), name, secret),
+                          headers=_auth(tokens["rw"]) | {"Content-Type": "application/gzip"})
+    assert response.status_code == 400
+    assert f"file name {name!r} refused" in response.json()["detail"]
+    assert registry.list_models() == [] and registry.artifacts.list_digests() == set()
+
+
+def _archive_with(member: tarfile.TarInfo, data: bytes = b"") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _symlink(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
+
+
+def _file(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (_archive_with(_symlink("./weights.bin", "/etc/hostname")), "'./weights.bin' is not a plain file or folder"),
+        (_archive_with(_file("../escaped.bin", 4), b"evil"), "'../escaped.bin' lies outside the package folder"),
+        (_archive_with(_file("/tmp/escaped.bin", 4), b"evil"), "'/tmp/escaped.bin' lies outside the package folder"),
+        (b"not gzip at all", "body is not a .tar.gz package archive"),
+    ],
+    ids=["symlink", "dot-dot", "absolute", "not an archive"],
+)
+def test_http_refuses_archive_entries_that_are_links_or_outside(
+    served: tuple[str, Registry, dict[str, str]], body: bytes, message: str
+) -> None:
+    url, registry, tokens = served
+    response = httpx.post(f"{url}/models/m/versions", content=body,
+                          headers=_auth(tokens["rw"]) | {"Content-Type": "application/gzip"})
+    assert response.status_code == 400 and message in response.json()["detail"]
+    assert registry.list_models() == []
