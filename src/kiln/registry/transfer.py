@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import tarfile
 import tempfile
@@ -20,6 +21,7 @@ from kiln.registry.errors import RegistryError
 
 FORMAT_VERSION = 1
 INDEX_NAME = "registry.json"
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _is_archive(path: Path) -> bool:
@@ -99,6 +101,12 @@ def _import_model(registry: Registry, folder: Path, model: dict[str, Any]) -> li
     new_ref: dict[str, str] = {}
     for entry in model["versions"]:
         old_ref = f"{name}@{entry['version']}"
+        # The digest names the package's folder in the export: anything else could lead outside it.
+        if not _DIGEST.match(str(entry["package_digest"])):
+            raise RegistryError(
+                f"{folder / INDEX_NAME}: {old_ref} has package_digest {entry['package_digest']!r}, "
+                "expected 64 lowercase hex characters"
+            )
         if entry["package_digest"] in existing:
             new_ref[old_ref] = existing[entry["package_digest"]].ref
             continue

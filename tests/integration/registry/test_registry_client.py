@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from kiln.cli.main import app
@@ -96,3 +98,21 @@ def test_cli_registry_commands_end_to_end(
     assert bad.exit_code == 2 and "has no version 9" in bad.output
     assert '"version": 1' in runner.invoke(app, ["registry", "show", "m@1"]).output
     assert "m\ttext-classification\tlatest 2" in runner.invoke(app, ["registry", "list"]).output
+
+
+def test_registry_import_refuses_a_package_digest_that_leads_outside_the_export(
+    tmp_path: Path, kiln_home: Path, make_package: Callable[..., Path]
+) -> None:
+    from kiln.registry.errors import RegistryError
+    from kiln.registry.transfer import INDEX_NAME, export_models, import_models
+
+    with Registry() as reg:
+        reg.register(make_package(), name="m")
+        export_models(reg, ["m"], tmp_path / "export")
+    index = json.loads((tmp_path / "export" / INDEX_NAME).read_text())
+    index["models"][0]["versions"][0]["package_digest"] = "../../elsewhere"
+    (tmp_path / "export" / INDEX_NAME).write_text(json.dumps(index))
+    with Registry(f"sqlite:///{tmp_path / 'other.db'}", home=tmp_path / "other") as other:
+        with pytest.raises(RegistryError, match=r"m@1 has package_digest '../../elsewhere'"):
+            import_models(other, tmp_path / "export")
+        assert other.list_models() == []
