@@ -44,8 +44,7 @@ def sparsify(
         arch = {k: v for k, v in parent_manifest["architecture"].items() if k != "weights"}
         arch = save_torch_model(model, child.staging, arch)
         child.manifest.update(format="torch", precision="fp32", architecture=arch)
-        child.finalize()
-        saved = load_torch_model(child.staging, child.manifest)
+        saved = load_torch_model(child.staging, child.finalize())
         child.manifest["metrics"] = {
             "sparsity": measure_sparsity(saved, target=cfg.target),
             "agreement": check_against_parent(

@@ -124,6 +124,21 @@ def _name_problem(name: object) -> str | None:
     return None
 
 
+def packaged_file(folder: Path, manifest: dict[str, Any], name: object) -> Path:
+    """The path of ``name``, a file another manifest field points at, which ``files`` must list.
+
+    Listed names are plain relative paths inside the package (``read_manifest`` checks them),
+    so a field naming anything else is refused rather than followed.
+
+    Raises:
+        PackageError: ``name`` is not among the manifest's files.
+    """
+    files = manifest.get("files")
+    if not isinstance(name, str) or not isinstance(files, dict) or name not in files:
+        raise PackageError(f"{folder / MANIFEST_NAME}: names {name!r}, which is not one of the package's files")
+    return folder / name
+
+
 def _stays_inside(root: Path, path: Path) -> bool:
     try:
         return path.resolve().is_relative_to(root)

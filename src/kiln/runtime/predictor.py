@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from kiln.errors import PackageError
-from kiln.runtime.package import read_manifest, require_task
+from kiln.runtime.package import packaged_file, read_manifest, require_task
 from kiln.runtime.preprocessing import ImagePreprocessor, TextPreprocessor, make_preprocessor
 
 if TYPE_CHECKING:
@@ -236,7 +236,7 @@ def _classifier_from_manifest(
         from kiln.runtime.onnx_engine import OnnxEngine
 
         engine = OnnxEngine(
-            folder / manifest["architecture"]["file"],
+            packaged_file(folder, manifest, manifest["architecture"]["file"]),
             device=device,
             intra_op_threads=num_threads,
             inter_op_threads=inter_op_threads,

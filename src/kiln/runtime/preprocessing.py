@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from kiln.errors import KilnError
+from kiln.runtime.package import packaged_file
 
 
 class InputError(KilnError):
@@ -145,7 +146,7 @@ def make_preprocessor(folder: Path, manifest: dict[str, Any]) -> TextPreprocesso
     """The preprocessor a package's manifest describes."""
     prep = manifest["preprocessing"]
     if prep["kind"] == "text":
-        return TextPreprocessor(folder / prep["tokenizer_file"], int(prep["max_length"]))
+        return TextPreprocessor(packaged_file(folder, manifest, prep["tokenizer_file"]), int(prep["max_length"]))
     if prep["kind"] == "image":
         return ImagePreprocessor(shape=prep["shape"], max_value=prep["max_value"], mean=prep["mean"], std=prep["std"])
     raise InputError(f"unknown preprocessing kind {prep['kind']!r}")

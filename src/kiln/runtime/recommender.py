@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from kiln.errors import PackageError
-from kiln.runtime.package import read_manifest, require_task
+from kiln.runtime.package import packaged_file, read_manifest, require_task
 from kiln.runtime.preprocessing import InputError
 
 MAX_K = 1000
@@ -229,7 +229,7 @@ def recommender_from_manifest(
         torch.set_num_threads(num_threads)
     arch = manifest["architecture"]
     net = build_recommender(arch["params"])
-    state = dequantize_rows(load_file(str(folder / arch["weights"])))
+    state = dequantize_rows(load_file(str(packaged_file(folder, manifest, arch["weights"]))))
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise PackageError(
@@ -241,7 +241,7 @@ def recommender_from_manifest(
     for key in ("users", "items", "seen"):
         name = prep[f"{key}_file"]
         try:
-            tables[key] = pd.read_csv(folder / name, dtype=str, keep_default_na=False)
+            tables[key] = pd.read_csv(packaged_file(folder, manifest, name), dtype=str, keep_default_na=False)
         except (OSError, pd.errors.ParserError) as exc:
             raise PackageError(f"{folder}: cannot read {name}: {exc}") from None
     return Recommender(path=folder, manifest=manifest, net=net, tables=tables)

@@ -10,6 +10,7 @@ from torch import nn
 
 from kiln.errors import PackageError
 from kiln.runtime.architectures import build_cnn, build_text_classifier, resize_bert_layers
+from kiln.runtime.package import packaged_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -45,7 +46,7 @@ def load_torch_model(folder: Path, manifest: dict[str, Any]) -> nn.Module:
         model = build_cnn(arch["params"])
     else:
         raise PackageError(f"{folder}: unknown architecture family {arch['family']!r}")
-    state = load_file(str(folder / arch["weights"]))
+    state = load_file(str(packaged_file(folder, manifest, arch["weights"])))
     quantization = arch.get("quantization")
     if quantization is not None:
         from kiln.runtime.quantized import load_int8_model

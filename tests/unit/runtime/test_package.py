@@ -10,6 +10,7 @@ import pytest
 
 from kiln.errors import PackageError
 from kiln.registry import Registry
+from kiln.runtime import load
 from kiln.runtime.package import (
     MANIFEST_NAME,
     finalize_package,
@@ -105,3 +106,17 @@ def test_register_refuses_a_crafted_manifest_and_copies_nothing(tmp_path: Path, 
         assert registry.artifacts.list_digests() == set()
     stored = [p.read_bytes() for p in (tmp_path / "home").rglob("*") if p.is_file()]
     assert SECRET not in stored
+
+
+@pytest.mark.parametrize(
+    ("field", "name"),
+    [(("preprocessing", "tokenizer_file"), "../secret.txt"), (("architecture", "weights"), "/etc/hostname")],
+)
+def test_load_refuses_a_manifest_field_naming_a_file_outside_the_package(
+    text_package: Path, field: tuple[str, str], name: str
+) -> None:
+    manifest = json.loads((text_package / MANIFEST_NAME).read_text())
+    manifest[field[0]][field[1]] = name
+    (text_package / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match=f"names {name!r}, which is not one of the package's files"):
+        load(text_package, device="cpu")
