@@ -1,10 +1,16 @@
 """The registry's HTTP API mounted in the model server (`registry_api: true`)."""
 
+import io
+import os
+import tarfile
 from pathlib import Path
+
+import httpx
 
 from kiln.registry import Registry
 from kiln.serve.config import ModelConfig, ServeConfig
 from tests.conftest import make_image_package
+from tests.integration.registry.conftest import write_package
 from tests.integration.serve_harness import serving
 
 
@@ -54,3 +60,27 @@ def test_serve_accepts_registry_tokens_by_role(tmp_path: Path) -> None:
     assert by_reader.status_code == 200
     assert reader_canary.status_code == 401, "a reader token must not manage models"
     assert writer_canary.status_code == 200 and writer_canary.json()["canary"] == {"1": 50, "2": 50}
+
+
+def test_serve_registry_uploads_are_not_held_to_the_inference_body_limit(tmp_path: Path) -> None:
+    package = make_image_package(tmp_path / "digits")
+    big = write_package(tmp_path / "big", os.urandom(6 * 1024 * 1024))  # over max_body_bytes
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(big, arcname=".")
+    with Registry() as registry:
+        registry.store.create_user("ops", "writer")
+        _, writer = registry.store.create_token("ops")
+    config = ServeConfig(
+        models=[ModelConfig(name="digits", versions={1: str(package)})],
+        registry_api=True,
+        max_body_bytes=1024 * 1024,
+    )
+    with serving(config) as server:
+        uploaded = httpx.post(
+            f"{server.url}/registry/models/big/versions", content=buffer.getvalue(), timeout=60,
+            headers={"Authorization": f"Bearer {writer}", "Content-Type": "application/gzip"},
+        )
+        predicted = server.post("/v1/models/digits:predict", {"inputs": [[0] * 64] * 5000})
+    assert uploaded.status_code == 201, uploaded.text
+    assert predicted.status_code == 413

@@ -147,7 +147,9 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
     from kiln.monitor.service import attach_monitoring
 
     attach_monitoring(app, config.monitor)
-    app.add_middleware(BodyLimit, max_body_bytes=config.max_body_bytes)
+    # The mounted registry streams package archives under its own, larger limits.
+    unlimited = ("/registry/",) if registry is not None and config.registry_api else ()
+    app.add_middleware(BodyLimit, max_body_bytes=config.max_body_bytes, exempt_prefixes=unlimited)
     app.add_middleware(EarlyShed, service=service)
     return app
 
@@ -218,16 +220,18 @@ class EarlyShed:
 class BodyLimit:
     """Refuse request bodies over ``max_body_bytes`` with 413 before the app reads them.
 
-    Every body this API takes is JSON, so a body sent as a form (``curl -d`` does that) is read
+    Paths under ``exempt_prefixes`` pass untouched (they bound their own bodies). Every body
+    this API takes is JSON, so a body sent as a form (``curl -d`` does that) is read
     as JSON too, instead of failing on its Content-Type.
     """
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, exempt_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.exempt_prefixes = exempt_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt_prefixes):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
