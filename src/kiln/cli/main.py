@@ -22,6 +22,7 @@ from kiln.cli.registry import app as registry_app
 from kiln.cli.replay import replay
 from kiln.cli.run import run
 from kiln.cli.serve import app as serve_app
+from kiln.cli.train import train
 from kiln.errors import KilnError
 
 app = typer.Typer(
@@ -41,6 +42,7 @@ app.add_typer(serve_app, name="serve")
 app.command("monitor")(monitor)
 app.command("ui")(ui)
 app.command("run")(run)
+app.command("train")(train)
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="Overrides such as train.epochs=1 data.max_examples=500")]
 Register = Annotated[
@@ -69,60 +71,6 @@ def recipe_validate(
     with user_errors():
         cfg = load_recipe(recipe, overrides)
     typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
-
-
-@app.command()
-def train(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file")],
-    overrides: Overrides = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint")] = False,
-    nproc_per_node: Annotated[
-        int, typer.Option("--nproc-per-node", min=1, help="Data-parallel processes on this machine")
-    ] = 1,
-    nnodes: Annotated[int, typer.Option("--nnodes", min=1, help="Machines taking part")] = 1,
-    node_rank: Annotated[int, typer.Option("--node-rank", min=0, help="This machine's rank")] = 0,
-    master_addr: Annotated[str, typer.Option("--master-addr", help="Address of the rank-0 machine")] = "127.0.0.1",
-    master_port: Annotated[int, typer.Option("--master-port", help="Port of the rank-0 machine")] = 29500,
-    register: Register = None,
-) -> None:
-    """Train the recipe's model and write its package."""
-    import os
-
-    from kiln.cli.recording import register_trained
-    from kiln.config import load_recipe
-    from kiln.train import run_dir_for
-
-    with user_errors():
-        cfg = load_recipe(recipe, overrides)
-        wants_workers = nproc_per_node > 1 or nnodes > 1
-        if wants_workers and "WORLD_SIZE" not in os.environ:
-            import kiln.data
-            from kiln.train.distributed import launch
-
-            kiln.data.run(cfg)  # fail fast, with exit code 2, on bad data before starting workers
-            argv = ["train", str(recipe), *(overrides or []), *(["--resume"] if resume else [])]
-            code = launch(
-                argv,
-                nproc_per_node=nproc_per_node,
-                nnodes=nnodes,
-                node_rank=node_rank,
-                master_addr=master_addr,
-                master_port=master_port,
-            )
-            if code == 0 and register and node_rank == 0:
-                run_dir = run_dir_for(cfg)
-                ref = register_trained(run_dir / "package", name=register, metrics_log=run_dir / "metrics.jsonl")
-                typer.echo(f"registered: {ref}")
-            raise typer.Exit(code)
-        import kiln.train
-
-        result = kiln.train.run(cfg, resume=resume)
-        if result.package_dir is not None:
-            _print_metrics("validation", result.metrics)
-            typer.echo(f"package: {result.package_dir}")
-            if register:
-                ref = register_trained(result.package_dir, name=register, metrics_log=result.run_dir / "metrics.jsonl")
-                typer.echo(f"registered: {ref}")
 
 
 @app.command("eval")
@@ -192,11 +140,6 @@ def predict(
         predictor = load_classifier(resolve_package(package)[0])
         for text, result in zip(inputs, predictor.predict(inputs), strict=True):
             typer.echo(json.dumps({"input": text, **result}))
-
-
-def _print_metrics(title: str, metrics: dict[str, float]) -> None:
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-    typer.echo(f"{title}: {shown}")
 
 
 def _print_report(report: dict[str, Any]) -> None:
