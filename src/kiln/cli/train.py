@@ -42,6 +42,7 @@ def train(
             code = _launch_workers(
                 cfg,
                 argv,
+                resume=resume,
                 nproc_per_node=nproc_per_node,
                 nnodes=nnodes,
                 node_rank=node_rank,
@@ -60,6 +61,7 @@ def _launch_workers(
     cfg: Recipe,
     argv: list[str],
     *,
+    resume: bool,
     nproc_per_node: int,
     nnodes: int,
     node_rank: int,
@@ -68,9 +70,12 @@ def _launch_workers(
 ) -> int:
     """Check the recipe and its data here, then run ``kiln <argv>`` in torchrun's workers."""
     import kiln.data
+    from kiln.train import check_recipe
     from kiln.train.distributed import launch
 
-    kiln.data.run(cfg)  # fail fast, with exit code 2, on bad data before starting workers
+    # Fail fast, with exit code 2, on refused settings or bad data before starting workers.
+    check_recipe(cfg, resume=resume)
+    kiln.data.run(cfg)
     return launch(
         argv,
         nproc_per_node=nproc_per_node,

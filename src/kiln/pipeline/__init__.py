@@ -154,7 +154,7 @@ def _train(recipe: Recipe, fingerprint: str, work_dir: Path, report: Report) -> 
     is_resumed = (folder / "checkpoints").is_dir()
     report(f"train: {'resuming in' if is_resumed else 'training into'} {folder}")
     in_folder = recipe.model_copy(update={"train": recipe.train.model_copy(update={"output_dir": str(folder)})})
-    result = kiln.train.run(in_folder, resume=True)
+    result = kiln.train.run(in_folder, resume=is_resumed)
     assert result.package_dir is not None
     digest = _digest(result.package_dir)
     cache.mark_completed(folder, key, {"digest": digest})

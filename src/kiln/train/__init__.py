@@ -40,12 +40,31 @@ def run_dir_for(recipe: Recipe) -> Path:
     return kiln_home() / "runs" / recipe.name
 
 
+def check_recipe(recipe: Recipe, *, resume: bool = False) -> None:
+    """Refuse what this recipe's trainer cannot honour, before anything is built or written.
+
+    Raises:
+        ConfigError: a recommender recipe with classifier-only settings, or asked to resume.
+    """
+    from kiln.data.interactions import is_recommendation_dataset
+
+    if is_recommendation_dataset(recipe.data.dataset):
+        from kiln.train import recommend
+
+        recommend.check_settings(recipe, resume=resume)
+
+
 def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
-    """Train the recipe's model and write its package to ``<run_dir>/package``."""
+    """Train the recipe's model and write its package to ``<run_dir>/package``.
+
+    Raises:
+        ConfigError: settings the recipe's trainer refuses (see ``check_recipe``).
+    """
     import torch
 
     from kiln.data.interactions import is_recommendation_dataset
 
+    check_recipe(recipe, resume=resume)
     if is_recommendation_dataset(recipe.data.dataset):
         return _run_recommendation(recipe)
 
@@ -154,7 +173,6 @@ def _run_recommendation(recipe: Recipe) -> TrainResult:
 
     from kiln.train import recommend
 
-    recommend.check_settings(recipe)
     torch.set_num_threads(recipe.train.num_threads or max(1, os.cpu_count() or 1))
     _seed_everything(recipe.train_seed)
     run_dir = run_dir_for(recipe)

@@ -104,8 +104,15 @@ def run(recipe: Recipe, run_dir: Path) -> RecommendFit:
     return RecommendFit(package_dir=package_dir, metrics=best, steps=steps, samples_per_s=samples_per_s)
 
 
-def check_settings(recipe: Recipe) -> None:
-    """Refuse the classifier-only training settings before anything is built or written."""
+def check_settings(recipe: Recipe, *, resume: bool = False) -> None:
+    """Refuse the classifier-only training settings, and resuming, before anything is built or written."""
+    if resume:
+        # Recommender training keeps no checkpoints (an epoch takes seconds), so there is nothing
+        # to continue from; starting again with the same seed gives the same package.
+        raise ConfigError(
+            "resume: recommender training keeps no checkpoints, so it cannot resume; "
+            "train again without --resume (the same seed gives the same package)"
+        )
     t = recipe.train
     given = [
         f"train.{name}"
