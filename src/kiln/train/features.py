@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -11,6 +11,14 @@ import torch
 from kiln.config.schema import ImageAugmentConfig
 from kiln.data.augment import augment_images
 from kiln.runtime.preprocessing import ImagePreprocessor, TextPreprocessor
+
+
+class Features(Protocol):
+    """A split that can produce a batch of model inputs for given example indices."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, index: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]: ...
 
 
 class TextFeatures:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,20 +29,20 @@ from kiln.data.order import epoch_order
 from kiln.errors import ConfigError
 from kiln.progress import progress_bar
 from kiln.runtime.architectures import logits_of
-from kiln.train.checkpoint import latest_checkpoint, load_checkpoint, remove_stale, save_checkpoint
+from kiln.train.checkpoint import (
+    Checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_stale,
+    save_checkpoint,
+)
 from kiln.train.distributed import DistInfo, all_reduce_sum, barrier, broadcast_from_main, gather_objects
 from kiln.train.ema import WeightAverage
+from kiln.train.evaluation import Evaluation, evaluate, save_weights_atomic
+from kiln.train.features import Features
 from kiln.train.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
-
-
-class Features(Protocol):
-    """A split that can produce a batch of model inputs for given example indices."""
-
-    def __len__(self) -> int: ...
-
-    def batch(self, index: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]: ...
 
 
 @dataclass
@@ -60,7 +59,9 @@ class FitResult:
 
 
 @dataclass
-class _State:
+class _Progress:
+    """Where training stands; saved in every checkpoint under ``loop`` and restored on resume."""
+
     epoch: int = 0
     batch_in_epoch: int = 0
     step: int = 0
@@ -71,6 +72,43 @@ class _State:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_wall_s: float = 0.0
     samples_seen: int = 0
+
+    def advance(self, samples: int, step_s: float, batches_per_epoch: int) -> bool:
+        """Count a finished step; return whether it ended an epoch (the next step starts the next one)."""
+        self.step += 1
+        self.batch_in_epoch += 1
+        self.samples_seen += samples
+        self.train_wall_s += step_s
+        if self.batch_in_epoch < batches_per_epoch:
+            return False
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        return True
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """How long the run is, fixed by the data size, the settings and the number of processes."""
+
+    batches_per_epoch: int
+    total_steps: int
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What a training step changes and what it reads, fixed for the whole run."""
+
+    model: nn.Module
+    net: nn.Module  # the model, wrapped in DDP when there are several processes
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: WeightAverage | None
+    features: Features
+    labels: np.ndarray
+    autocast: Any
+    cfg: TrainConfig
+    seed: int
+    info: DistInfo
 
 
 def fit(
@@ -89,163 +127,225 @@ def fit(
     eval_batch_size: int,
 ) -> FitResult:
     """Train ``model`` in place; on return it holds the best weights seen on validation."""
-    world, accum = info.world_size, cfg.grad_accum_steps
-    if cfg.batch_size < world * accum:
-        raise ConfigError(
-            f"train.batch_size must be >= processes x grad_accum_steps = {world * accum}, got {cfg.batch_size}"
-        )
-    n = len(train)
-    full, rest = divmod(n, cfg.batch_size)
-    batches_per_epoch = full + (1 if rest >= world * accum else 0)
-    total_steps = batches_per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
+    schedule = _schedule(len(train), cfg, info.world_size)
+    parts = _set_up(model, train, train_labels, cfg=cfg, seed=seed, info=info, total_steps=schedule.total_steps)
+    evaluation = Evaluation(
+        scored=parts.ema.shadow if parts.ema is not None else model,
+        net=parts.ema.shadow if parts.ema is not None else parts.net,
+        features=validation,
+        labels=validation_labels,
+        num_labels=num_labels,
+        batch_size=eval_batch_size,
+        autocast=parts.autocast,
+        best_path=run_dir / "best" / "model.safetensors",
+        metrics_log=run_dir / "metrics.jsonl",
+    )
+    ckpt_dir = run_dir / "checkpoints"
+    progress = _start(parts, ckpt_dir, evaluation, resume=resume)
+    batches = _Batches(
+        size=len(train),
+        batch_size=cfg.batch_size,
+        seed=seed,
+        lengths=train.lengths() if cfg.group_by_length and hasattr(train, "lengths") else None,
+    )
 
-    lengths = train.lengths() if cfg.group_by_length and hasattr(train, "lengths") else None
+    loop_started = time.perf_counter()
+    is_done = _is_done(progress, schedule, cfg)
+    show_bar = cfg.progress and info.is_main
+    with progress_bar(schedule.total_steps, "train", enabled=show_bar, completed=progress.step) as bar:
+        while not is_done:
+            epoch, batch = progress.epoch, progress.batch_in_epoch
+            global_index = batches.at(epoch, batch)
+            started = time.perf_counter()
+            step_loss = _train_step(parts, global_index, epoch, batch)
+            step_s = time.perf_counter() - started
+            is_epoch_end = progress.advance(len(global_index), step_s, schedule.batches_per_epoch)
+
+            if progress.step % cfg.log_every_steps == 0 or progress.step == schedule.total_steps:
+                loss = _global_mean(info, step_loss, len(global_index))
+                speed = len(global_index) / step_s if step_s > 0 else 0.0
+                record = {
+                    "type": "train",
+                    "step": progress.step,
+                    "epoch": epoch,
+                    "loss": loss,
+                    "lr": parts.scheduler.get_last_lr()[0],
+                    "samples_per_s": speed,
+                    # Wall time since this process entered the loop: steps, logging, progress,
+                    # evaluations and checkpoints all included.
+                    "elapsed_s": time.perf_counter() - loop_started,
+                }
+                _log(info, evaluation.metrics_log, record)
+                bar.update(0, loss=f"{loss:.4f}", speed=f"{speed:.0f}")
+            bar.update(1)
+
+            is_eval_step = cfg.eval_every_steps is not None and progress.step % cfg.eval_every_steps == 0
+            if is_epoch_end or is_eval_step or progress.step >= schedule.total_steps:
+                _evaluate_and_track(evaluation, progress, cfg, info)
+
+            is_done = _is_done(progress, schedule, cfg)
+            if is_done or is_epoch_end or progress.step % cfg.checkpoint_every_steps == 0:
+                _checkpoint(parts, ckpt_dir, progress)
+
+    if evaluation.best_path.is_file():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(evaluation.best_path)))
+    return FitResult(
+        best_metrics=progress.best_metrics,
+        best_step=progress.best_step,
+        steps=progress.step,
+        stopped_early=_is_patience_spent(progress, cfg),
+        train_wall_s=progress.train_wall_s,
+        samples_per_s=progress.samples_seen / progress.train_wall_s if progress.train_wall_s else 0.0,
+        history=progress.history,
+    )
+
+
+def _set_up(
+    model: nn.Module,
+    train: Features,
+    train_labels: np.ndarray,
+    *,
+    cfg: TrainConfig,
+    seed: int,
+    info: DistInfo,
+    total_steps: int,
+) -> _Parts:
+    """Move the model to its device; build the optimizer, schedule, weight average and DDP wrapper."""
     model.to(info.device)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
+    # The average copies the bare model, before DDP wraps it.
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    # What is evaluated, kept as the best weights and packaged: the average when there is one.
-    scored: nn.Module = ema.shadow if ema is not None else model
-    net: nn.Module = model
-    if info.is_distributed:
-        net = nn.parallel.DistributedDataParallel(model)
-    ckpt_dir = run_dir / "checkpoints"
-    best_path = run_dir / "best" / "model.safetensors"
-    metrics_log = run_dir / "metrics.jsonl"
+    net = nn.parallel.DistributedDataParallel(model) if info.is_distributed else model
+    return _Parts(
+        model=model,
+        net=net,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        ema=ema,
+        features=train,
+        labels=train_labels,
+        autocast=torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"),
+        cfg=cfg,
+        seed=seed,
+        info=info,
+    )
 
-    state = _State()
+
+def _schedule(size: int, cfg: TrainConfig, world_size: int) -> _Schedule:
+    """Batches per epoch (a last partial batch counts when every process gets a micro-batch) and total steps."""
+    per_step = world_size * cfg.grad_accum_steps
+    if cfg.batch_size < per_step:
+        raise ConfigError(
+            f"train.batch_size must be >= processes x grad_accum_steps = {per_step}, got {cfg.batch_size}"
+        )
+    full, rest = divmod(size, cfg.batch_size)
+    batches_per_epoch = full + (1 if rest >= per_step else 0)
+    total_steps = batches_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    return _Schedule(batches_per_epoch=batches_per_epoch, total_steps=total_steps)
+
+
+def _is_done(progress: _Progress, schedule: _Schedule, cfg: TrainConfig) -> bool:
+    """The one place that decides training stops: out of steps, or out of patience."""
+    return progress.step >= schedule.total_steps or _is_patience_spent(progress, cfg)
+
+
+def _is_patience_spent(progress: _Progress, cfg: TrainConfig) -> bool:
+    return cfg.early_stopping_patience > 0 and progress.bad_evals >= cfg.early_stopping_patience
+
+
+@dataclass
+class _Batches:
+    """Global batches: the order of an epoch is a pure function of (seed, epoch); the current one is kept."""
+
+    size: int
+    batch_size: int
+    seed: int
+    lengths: np.ndarray | None
+    _epoch: int = -1
+    _order: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+    def at(self, epoch: int, batch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            self._order = epoch_order(self.size, self.seed, epoch, lengths=self.lengths, batch_size=self.batch_size)
+            self._epoch = epoch
+        return self._order[batch * self.batch_size : (batch + 1) * self.batch_size]
+
+
+def _start(parts: _Parts, ckpt_dir: Path, evaluation: Evaluation, *, resume: bool) -> _Progress:
+    """Progress restored from the latest checkpoint when resuming; otherwise fresh, with old outputs removed."""
+    info = parts.info
     if info.is_main:
         remove_stale(ckpt_dir)
     barrier(info)
     ckpt = latest_checkpoint(ckpt_dir) if resume else None
     if ckpt is not None:
-        trainer_state = load_checkpoint(ckpt, model, average=ema.shadow if ema is not None else None)
-        if ema is not None:
-            ema.updates = int(trainer_state.get("ema_updates", 0))
-        optimizer.load_state_dict(trainer_state["optimizer"])
-        scheduler.load_state_dict(trainer_state["scheduler"])
-        rng_states = trainer_state["torch_rng"]
-        torch.set_rng_state(rng_states[min(info.rank, len(rng_states) - 1)])
-        state = _State(**trainer_state["loop"])
+        progress = _restore(parts, ckpt)
         if info.is_main:
-            _truncate_log(metrics_log, state.step)
-            logger.info("resumed from %s (step %d)", ckpt.path, state.step)
-    elif info.is_main:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        for old in (metrics_log, best_path):
-            old.unlink(missing_ok=True)
+            _truncate_log(evaluation.metrics_log, progress.step)
+            logger.info("resumed from %s (step %d)", ckpt.path, progress.step)
+    else:
+        progress = _Progress()
+        if info.is_main:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            for old in (evaluation.metrics_log, evaluation.best_path):
+                old.unlink(missing_ok=True)
     barrier(info)
+    return progress
 
-    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    loop_started = time.perf_counter()
-    stop = state.step >= total_steps
-    with progress_bar(total_steps, "train", enabled=cfg.progress and info.is_main, completed=state.step) as bar:
-        while not stop and state.epoch < cfg.epochs:
-            order = epoch_order(n, seed, state.epoch, lengths=lengths, batch_size=cfg.batch_size)
-            while state.batch_in_epoch < batches_per_epoch:
-                b = state.batch_in_epoch
-                global_index = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                started = time.perf_counter()
-                net.train()
-                optimizer.zero_grad(set_to_none=True)
-                step_loss = 0.0
-                shards = np.array_split(global_index[info.rank :: world], accum)
-                for k, micro in enumerate(shards):
-                    sync = (
-                        contextlib.nullcontext()
-                        if (k == accum - 1 or not isinstance(net, nn.parallel.DistributedDataParallel))
-                        else net.no_sync()
-                    )
-                    with sync:
-                        rng = np.random.default_rng([seed, state.epoch, b, k, info.rank])
-                        features = {key: t.to(info.device) for key, t in train.batch(micro, rng).items()}
-                        target = torch.from_numpy(train_labels[micro]).to(info.device)
-                        loss = _training_loss(net, features, target, cfg, autocast)
-                        (loss * (world / len(global_index))).backward()
-                    step_loss += loss.item()
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                if ema is not None:
-                    ema.update(model)
-                    # Buffers such as batch norm's running statistics are updated by each rank's
-                    # own shard; DDP runs every forward with rank 0's, so the average takes those.
-                    broadcast_from_main(info, ema.float_buffers())
-                state.step += 1
-                state.batch_in_epoch += 1
-                state.samples_seen += len(global_index)
-                elapsed = time.perf_counter() - started
-                state.train_wall_s += elapsed
 
-                if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
-                    mean_loss = _global_mean(info, step_loss, len(global_index))
-                    speed = len(global_index) / elapsed if elapsed > 0 else 0.0
-                    _log(
-                        info,
-                        metrics_log,
-                        {
-                            "type": "train",
-                            "step": state.step,
-                            "epoch": state.epoch,
-                            "loss": mean_loss,
-                            "lr": scheduler.get_last_lr()[0],
-                            "samples_per_s": speed,
-                            # Wall time since this process entered the loop: steps, logging,
-                            # progress, evaluations and checkpoints all included.
-                            "elapsed_s": time.perf_counter() - loop_started,
-                        },
-                    )
-                    bar.update(0, loss=f"{mean_loss:.4f}", speed=f"{speed:.0f}")
-                bar.update(1)
+def _restore(parts: _Parts, ckpt: Checkpoint) -> _Progress:
+    """Load weights, optimizer, schedule and this rank's RNG state from ``ckpt``; return its progress."""
+    ema = parts.ema
+    trainer_state = load_checkpoint(ckpt, parts.model, average=ema.shadow if ema is not None else None)
+    if ema is not None:
+        ema.updates = int(trainer_state.get("ema_updates", 0))
+    parts.optimizer.load_state_dict(trainer_state["optimizer"])
+    parts.scheduler.load_state_dict(trainer_state["scheduler"])
+    rng_states = trainer_state["torch_rng"]
+    torch.set_rng_state(rng_states[min(parts.info.rank, len(rng_states) - 1)])
+    return _Progress(**trainer_state["loop"])
 
-                at_epoch_end = state.batch_in_epoch >= batches_per_epoch
-                if at_epoch_end:
-                    state.epoch += 1
-                    state.batch_in_epoch = 0
-                evaluate_now = at_epoch_end or (
-                    cfg.eval_every_steps is not None and state.step % cfg.eval_every_steps == 0
-                )
-                if state.step >= total_steps:
-                    stop = True
-                    evaluate_now = True
-                if evaluate_now:
-                    if _evaluate_and_track(
-                        scored,
-                        scored if ema is not None else net,
-                        validation,
-                        validation_labels,
-                        num_labels,
-                        cfg,
-                        info,
-                        state,
-                        autocast,
-                        eval_batch_size,
-                        best_path,
-                        metrics_log,
-                    ):
-                        stop = True
-                if stop or at_epoch_end or state.step % cfg.checkpoint_every_steps == 0:
-                    _checkpoint(info, ckpt_dir, model, optimizer, scheduler, state, cfg.keep_checkpoints, ema)
-                if stop or at_epoch_end:
-                    break
 
-    if best_path.is_file():
-        from safetensors.torch import load_file
+def _train_step(parts: _Parts, global_index: np.ndarray, epoch: int, batch: int) -> float:
+    """One optimizer step on a global batch; return the summed loss of this rank's share of it.
 
-        model.load_state_dict(load_file(str(best_path)))
-    samples_per_s = state.samples_seen / state.train_wall_s if state.train_wall_s else 0.0
-    return FitResult(
-        best_metrics=state.best_metrics,
-        best_step=state.best_step,
-        steps=state.step,
-        stopped_early=state.bad_evals >= cfg.early_stopping_patience > 0,
-        train_wall_s=state.train_wall_s,
-        samples_per_s=samples_per_s,
-        history=state.history,
-    )
+    Each rank takes a strided shard of the global batch, split into ``grad_accum_steps``
+    micro-batches; gradients synchronise only on the last one.
+    """
+    cfg, info, net = parts.cfg, parts.info, parts.net
+    net.train()
+    parts.optimizer.zero_grad(set_to_none=True)
+    step_loss = 0.0
+    shards = np.array_split(global_index[info.rank :: info.world_size], cfg.grad_accum_steps)
+    for k, micro in enumerate(shards):
+        is_last = k == cfg.grad_accum_steps - 1
+        sync = (
+            net.no_sync()
+            if isinstance(net, nn.parallel.DistributedDataParallel) and not is_last
+            else contextlib.nullcontext()
+        )
+        with sync:
+            rng = np.random.default_rng([parts.seed, epoch, batch, k, info.rank])
+            features = {key: t.to(info.device) for key, t in parts.features.batch(micro, rng).items()}
+            target = torch.from_numpy(parts.labels[micro]).to(info.device)
+            loss = _training_loss(net, features, target, cfg, parts.autocast)
+            (loss * (info.world_size / len(global_index))).backward()
+        step_loss += loss.item()
+    if cfg.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.max_grad_norm)
+    parts.optimizer.step()
+    parts.scheduler.step()
+    if parts.ema is not None:
+        parts.ema.update(parts.model)
+        # Buffers such as batch norm's running statistics are updated by each rank's own shard;
+        # DDP runs every forward with rank 0's, so the average takes those.
+        broadcast_from_main(info, parts.ema.float_buffers())
+    return step_loss
 
 
 def _training_loss(
@@ -277,99 +377,42 @@ def _training_loss(
     return cross_entropy + cfg.rdrop_alpha * divergence
 
 
-def evaluate_features(
-    net: nn.Module,
-    features: Features,
-    labels: np.ndarray,
-    num_labels: int,
-    info: DistInfo,
-    batch_size: int,
-    autocast: Any,
-) -> dict[str, float]:
-    """Accuracy, macro-F1 and mean loss on a split, each rank scoring a strided shard."""
-    net.eval()
-    confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)
-    loss_sum = torch.zeros(1, dtype=torch.float64)
-    shard = np.arange(len(features))[info.rank :: info.world_size]
-    with torch.no_grad():
-        for start in range(0, len(shard), batch_size):
-            index = shard[start : start + batch_size]
-            batch = {k: t.to(info.device) for k, t in features.batch(index).items()}
-            target = torch.from_numpy(labels[index])
-            with autocast:
-                logits = logits_of(net, batch)
-            logits = logits.float().cpu()
-            loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
-            pred = logits.argmax(dim=1)
-            confusion.index_put_((target, pred), torch.ones(len(index), dtype=torch.float64), accumulate=True)
-    all_reduce_sum(info, confusion)
-    all_reduce_sum(info, loss_sum)
-    total = confusion.sum().item()
-    true_pos = confusion.diag()
-    precision = true_pos / confusion.sum(dim=0).clamp(min=1)
-    recall = true_pos / confusion.sum(dim=1).clamp(min=1)
-    f1 = torch.where(
-        precision + recall > 0, 2 * precision * recall / (precision + recall), torch.zeros(1, dtype=torch.float64)
-    )
-    return {
-        "accuracy": true_pos.sum().item() / total,
-        "macro_f1": f1.mean().item(),
-        "loss": loss_sum.item() / total,
-    }
-
-
-def _evaluate_and_track(
-    model: nn.Module,
-    net: nn.Module,
-    validation: Features,
-    labels: np.ndarray,
-    num_labels: int,
-    cfg: TrainConfig,
-    info: DistInfo,
-    state: _State,
-    autocast: Any,
-    batch_size: int,
-    best_path: Path,
-    metrics_log: Path,
-) -> bool:
-    """Evaluate, keep the best weights, and return whether early stopping says stop."""
-    metrics = evaluate_features(net, validation, labels, num_labels, info, batch_size, autocast)
+def _evaluate_and_track(evaluation: Evaluation, progress: _Progress, cfg: TrainConfig, info: DistInfo) -> None:
+    """Evaluate on validation, log it, keep the weights when they score best, and count bad evaluations."""
+    metrics = evaluate(evaluation, info)
     score = -metrics["loss"] if cfg.metric == "loss" else metrics[cfg.metric]
-    record = {"type": "eval", "step": state.step, "epoch": state.epoch, **metrics}
-    state.history.append(record)
-    _log(info, metrics_log, record)
-    if state.best_score is None or score > state.best_score:
-        state.best_score, state.best_metrics, state.best_step = score, metrics, state.step
-        state.bad_evals = 0
+    record = {"type": "eval", "step": progress.step, "epoch": progress.epoch, **metrics}
+    progress.history.append(record)
+    _log(info, evaluation.metrics_log, record)
+    if progress.best_score is None or score > progress.best_score:
+        progress.best_score, progress.best_metrics, progress.best_step = score, metrics, progress.step
+        progress.bad_evals = 0
         if info.is_main:
-            _save_weights_atomic(model, best_path)
+            save_weights_atomic(evaluation.scored, evaluation.best_path)
     else:
-        state.bad_evals += 1
+        progress.bad_evals += 1
     barrier(info)
-    return cfg.early_stopping_patience > 0 and state.bad_evals >= cfg.early_stopping_patience
 
 
-def _checkpoint(
-    info: DistInfo,
-    ckpt_dir: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    state: _State,
-    keep: int,
-    ema: WeightAverage | None,
-) -> None:
+def _checkpoint(parts: _Parts, ckpt_dir: Path, progress: _Progress) -> None:
+    """Rank 0 writes weights, optimizer, schedule, progress and every rank's RNG state."""
+    info, ema = parts.info, parts.ema
     rng_states = gather_objects(info, torch.get_rng_state())
     if info.is_main:
         trainer_state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
             "torch_rng": rng_states,
-            "loop": dict(state.__dict__),
+            "loop": dict(progress.__dict__),
             **({"ema_updates": ema.updates} if ema is not None else {}),
         }
         save_checkpoint(
-            ckpt_dir, state.step, model, trainer_state, keep, average=ema.shadow if ema is not None else None
+            ckpt_dir,
+            progress.step,
+            parts.model,
+            trainer_state,
+            parts.cfg.keep_checkpoints,
+            average=ema.shadow if ema is not None else None,
         )
     barrier(info)
 
@@ -403,12 +446,3 @@ def _line_step(line: str) -> int | None:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
         return None
-
-
-def _save_weights_atomic(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
