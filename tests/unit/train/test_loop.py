@@ -92,6 +92,20 @@ def test_fit_early_stopping_stops_before_last_epoch(tmp_path: Path) -> None:
     assert manifest["lineage"]["settings"]["stopped_early"] is True
 
 
+def test_fit_resumed_after_early_stopping_stays_stopped(tmp_path: Path) -> None:
+    raw = tiny_image_recipe(
+        tmp_path / "run", epochs=10, lr=1e-12, warmup_ratio=0.0, early_stopping_patience=2, metric="loss"
+    )
+    first = kiln.train.run(parse_recipe(raw))
+    log = (tmp_path / "run" / "metrics.jsonl").read_text()
+    again = kiln.train.run(parse_recipe(raw), resume=True)
+    # The last checkpoint holds the spent patience: nothing more to train, nothing logged again.
+    assert again.steps == first.steps
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == log
+    manifest = json.loads((again.package_dir / "kiln.json").read_text())
+    assert manifest["lineage"]["settings"]["stopped_early"] is True
+
+
 def test_run_writes_package_with_manifest_contract(tmp_path: Path) -> None:
     result = kiln.train.run(parse_recipe(tiny_text_recipe(tmp_path / "run", max_steps=4)))
     manifest = json.loads((result.package_dir / "kiln.json").read_text())
