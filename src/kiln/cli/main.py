@@ -44,6 +44,23 @@ app.command("ui")(ui)
 app.command("run")(run)
 app.command("train")(train)
 
+
+def _print_version(is_asked: bool) -> None:
+    if is_asked:
+        from kiln import __version__
+
+        typer.echo(f"kiln {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print Kiln's version and exit", callback=_print_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Kiln: data -> train -> compress -> evaluate -> registry -> serve -> monitor."""
+
 Overrides = Annotated[list[str] | None, typer.Argument(help="Overrides such as train.epochs=1 data.max_examples=500")]
 Register = Annotated[
     str | None, typer.Option("--register", help="Register the result under this model name in the registry")
