@@ -19,6 +19,7 @@ from tests.helpers import kiln_cli, tiny_image_recipe, tiny_text_recipe, write_r
 pytestmark = pytest.mark.slow
 
 RELATIVE = "accuracy >= production.accuracy - 0.005"
+FASTER = "p99_latency_ms <= 0.5 * baseline.p99_latency_ms"
 
 
 @pytest.fixture
@@ -95,7 +96,7 @@ def test_run_gate_refuses_worse_model_and_keeps_alias(tmp_path: Path, home: Path
 
     worse = _ok(kiln_cli("run", str(recipe), "train.max_steps=1", cwd=tmp_path))
 
-    assert "promote: production unchanged (tiny-digits@1)" in worse.stdout
+    assert "promote: no candidate passes the gate; production unchanged (tiny-digits@1)" in worse.stdout
     assert f"tiny-digits@2 (train): rule '{RELATIVE}' failed" in worse.stdout
     with Registry() as registry:
         assert registry.get_version("tiny-digits@production").version == 1
@@ -133,10 +134,64 @@ def test_run_killed_after_training_resumes_without_retraining(tmp_path: Path, ho
 
     for stage in ("train", "onnx", "evaluate train", "evaluate onnx"):
         assert f"{stage}: skipped" in again.stderr
+    for step in ("train", "onnx"):
+        assert f"latency {step}: p99 " in again.stderr  # latency is timed again in every run
     assert "run: none (every package was already registered)" in again.stdout
     assert "already is production" in again.stdout
     with Registry() as registry:
         assert len(registry.list_versions("tiny-text")) == 2
+
+
+def _digits_recipe(tmp_path: Path, rules: list[str]) -> Path:
+    raw = tiny_image_recipe(tmp_path / "run", max_steps=3)
+    raw["eval"] = {"latency_runs": 5, "num_threads": 1}
+    raw["promote"] = {"rules": rules}
+    return write_recipe(tmp_path / "recipe.yaml", raw)
+
+
+def test_run_gate_passing_no_candidate_exits_0_saying_why(tmp_path: Path, home: Path) -> None:
+    # The train package is its own baseline, and never twice as fast as itself.
+    recipe = _digits_recipe(tmp_path, [FASTER])
+
+    result = _ok(kiln_cli("run", str(recipe), cwd=tmp_path))
+
+    assert (
+        "promote: no candidate passes the gate; production unchanged (no version): "
+        f"tiny-digits@1 (train): rule '{FASTER}' failed ("
+    ) in result.stdout
+    assert "kiln registry lineage tiny-digits@latest" in result.stdout
+    assert _ok(kiln_cli("registry", "lineage", "tiny-digits@latest")).stdout.splitlines()[-1].startswith(
+        "    tiny-digits@1 (train)"
+    )
+    with Registry() as registry:
+        assert registry.alias_history("tiny-digits", "production") == []
+
+    strict = kiln_cli("run", str(recipe), "--require-promotion", cwd=tmp_path)
+
+    assert strict.returncode == 3, (strict.stdout, strict.stderr)
+    assert "error: no candidate passes the promote gate (production not moved)" in strict.stderr
+
+
+def test_run_gate_times_production_again_and_refuses_other_data(tmp_path: Path, home: Path) -> None:
+    recipe = _digits_recipe(tmp_path, ["p99_latency_ms <= 1000 * production.p99_latency_ms"])
+    assert "tiny-digits@1 promoted to production" in _ok(kiln_cli("run", str(recipe), cwd=tmp_path)).stdout
+
+    retimed = _ok(kiln_cli("run", str(recipe), "train.max_steps=4", cwd=tmp_path))
+
+    assert "latency production tiny-digits@1: p99 " in retimed.stderr
+    assert "tiny-digits@2 promoted to production" in retimed.stdout
+
+    recipe = _digits_recipe(tmp_path, [RELATIVE])
+    other_data = _ok(kiln_cli("run", str(recipe), "seed=4", cwd=tmp_path))
+
+    with Registry() as registry:
+        before, after = (v.data_fingerprint for v in registry.list_versions("tiny-digits")[1:])
+        assert registry.get_version("tiny-digits@production").version == 2
+    assert before != after
+    assert (
+        f"rule '{RELATIVE}' failed (refused: production (tiny-digits@2) has accuracy measured on data {before}, "
+        f"tiny-digits@3 on data {after}; metrics on different data are not comparable)"
+    ) in other_data.stdout
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,9 @@ import typer
 if TYPE_CHECKING:
     from kiln.pipeline import PipelineResult
 
+# Exit status of `kiln run --require-promotion` when no candidate passes the gate.
+GATE_REFUSED_EXIT = 3
+
 
 def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file")],
@@ -21,11 +24,19 @@ def run(
         bool, typer.Option("--force", help="Redo every stage even when its output exists for the same inputs")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+    require_promotion: Annotated[
+        bool,
+        typer.Option(
+            "--require-promotion",
+            help=f"Exit with status {GATE_REFUSED_EXIT} when no candidate passes the recipe's promote gate",
+        ),
+    ] = False,
 ) -> None:
     """Run the pipeline: data -> train -> compress -> evaluate -> register -> promote.
 
-    Stages whose output already exists for the same inputs are skipped, so re-running an
-    interrupted run resumes it.
+    Stages whose output already exists for the same inputs and code are skipped, so re-running
+    an interrupted run resumes it. A gate that passes no candidate is a result, not an error:
+    the alias stays, the reason is printed and the exit status is 0 (3 with --require-promotion).
     """
     from kiln.cli.main import user_errors
     from kiln.config import load_recipe
@@ -38,8 +49,11 @@ def run(
         result = run_pipeline(load_recipe(recipe, overrides), is_forced=force, report=report)
     if as_json:
         typer.echo(json.dumps(summary_json(result), indent=2))
-        return
-    print_summary(result)
+    else:
+        print_summary(result)
+    if require_promotion and result.decision is not None and result.decision.chosen is None:
+        typer.echo(f"error: no candidate passes the promote gate ({result.decision.alias} not moved)", err=True)
+        raise typer.Exit(GATE_REFUSED_EXIT)
 
 
 def summary_json(result: PipelineResult) -> dict[str, Any]:
@@ -109,3 +123,9 @@ def print_summary(result: PipelineResult) -> None:
         for check in considered.checks:
             typer.echo(f"  {considered.candidate.ref} {check.status}: {check.rule} ({check.detail})")
     typer.echo(f"promote: {decision.reason}")
+    if decision.chosen is None:
+        name = result.packages[0].ref.rsplit("@", 1)[0]
+        typer.echo(
+            f"promote: every package is registered all the same; `kiln registry lineage {name}@latest` "
+            f"shows them, `kiln registry alias set {name} {decision.alias} VERSION` moves the alias by hand"
+        )

@@ -8,7 +8,10 @@ A rule compares two arithmetic expressions over numbers and metric names::
     factor  := NUMBER | NAME | NAME '.' NAME | '(' expr ')' | '-' factor
 
 A bare ``NAME`` is a metric of the candidate package (``accuracy``, ``p99_latency_ms``...);
-``ALIAS.NAME`` is that metric of the version the alias points at now (``production.accuracy``).
+``ALIAS.NAME`` is that metric of the version the alias points at now (``production.accuracy``);
+``baseline.NAME`` is that metric of the run's baseline package (``promote.baseline``, the trained
+package by default), measured in the same run: ``p99_latency_ms <= 0.5 * baseline.p99_latency_ms``
+holds on any machine where the candidate is twice as fast as the baseline.
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ METRICS = (
     "p99_latency_ms",
     "size_mb",
 )
+# Metrics that depend on the data they were measured on (comparable only on the same fingerprint).
+QUALITY_METRICS = ("accuracy", "macro_f1", "ece")
+# Metrics that depend on the machine and its load (comparable only when timed in the same run).
+LATENCY_METRICS = ("p50_latency_ms", "p95_latency_ms", "p99_latency_ms")
+# The reserved owner name of ``baseline.NAME``: the run's baseline package, never an alias.
+BASELINE = "baseline"
 COMPARISONS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
     "<=": operator.le,
@@ -61,7 +70,7 @@ class Number:
 @dataclass(frozen=True)
 class Metric:
     name: str  # metric name, one of METRICS
-    alias: str | None  # None: the candidate's metric; else the alias holder's
+    alias: str | None  # None: the candidate's metric; BASELINE: the baseline's; else the alias holder's
 
 
 @dataclass(frozen=True)
@@ -89,14 +98,19 @@ class Rule:
     right: Expr  # right-hand expression
 
     @property
+    def metrics(self) -> tuple[Metric, ...]:
+        """Every metric the rule names, left to right."""
+        return (*_metrics(self.left), *_metrics(self.right))
+
+    @property
     def aliases(self) -> tuple[str, ...]:
-        """The aliases whose current holder the rule compares against (empty: an absolute rule)."""
-        found: list[str] = []
-        for side in (self.left, self.right):
-            for metric in _metrics(side):
-                if metric.alias and metric.alias not in found:
-                    found.append(metric.alias)
-        return tuple(found)
+        """The aliases whose current holder the rule compares against (empty: no alias)."""
+        return tuple(dict.fromkeys(m.alias for m in self.metrics if m.alias is not None and m.alias != BASELINE))
+
+    @property
+    def uses_baseline(self) -> bool:
+        """Whether the rule compares against the run's baseline package."""
+        return any(m.alias == BASELINE for m in self.metrics)
 
 
 class MissingMetricError(LookupError):
@@ -141,7 +155,7 @@ def evaluate(expr: Expr, lookup: Callable[[Metric], float]) -> float:
 
 
 def lookup_in(candidate: Mapping[str, float], holders: Mapping[str, Mapping[str, float]]) -> Callable[[Metric], float]:
-    """A ``lookup`` over the candidate's metrics and each alias holder's metrics."""
+    """A ``lookup`` over the candidate's metrics and each alias holder's (and ``BASELINE``'s) metrics."""
 
     def lookup(metric: Metric) -> float:
         source = candidate if metric.alias is None else holders.get(metric.alias)
@@ -190,7 +204,8 @@ class _Parser:
         raise RuleError(
             f"{what} at position {pos + 1} in {self.text!r}; a rule is 'expression OP expression' "
             f"with OP one of {' '.join(COMPARISONS)}, numbers, + - * / ( ), and metrics "
-            f"({allowed}) or alias.metric such as production.accuracy"
+            f"({allowed}), alias.metric such as production.accuracy, or baseline.metric such as "
+            "baseline.p99_latency_ms"
         )
 
     def _peek(self) -> tuple[str, str, int] | None:

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from kiln.config.rules import check_rule
+from kiln.config.rules import BASELINE, check_rule
 
 
 class _Section(BaseModel):
@@ -320,8 +320,17 @@ class PromoteConfig(_Section):
     # last (the last package made), train, or the name of a compress step.
     candidate: str = "best"
     # Conditions that must all hold, e.g. "accuracy >= production.accuracy - 0.005" or
-    # "p99_latency_ms <= 10"; a rule naming an alias with no version yet is skipped.
+    # "p99_latency_ms <= 0.5 * baseline.p99_latency_ms"; a rule naming an alias with no version
+    # yet is skipped.
     rules: list[Annotated[str, AfterValidator(check_rule)]] = Field(default_factory=list)
+    # The package of the same run that "baseline.metric" names: train or the name of a compress step.
+    baseline: str = "train"
+
+    @model_validator(mode="after")
+    def _alias_not_baseline(self) -> PromoteConfig:
+        if self.alias == BASELINE:
+            raise ValueError(f"promote.alias cannot be {BASELINE!r}: rules use baseline.metric for promote.baseline")
+        return self
 
 
 class RecommendConfig(_Section):
@@ -402,7 +411,13 @@ class Recipe(_Section):
     def _known_candidate(self) -> Recipe:
         if self.promote is None:
             return self
-        allowed = ["best", "last", "train", *dict.fromkeys(self.compress.steps)]
+        steps = ["train", *dict.fromkeys(self.compress.steps)]
+        allowed = ["best", "last", *steps]
         if self.promote.candidate not in allowed:
             raise ValueError(f"promote.candidate must be one of {', '.join(allowed)}, got {self.promote.candidate!r}")
+        if self.promote.baseline not in steps:
+            raise ValueError(
+                f"promote.baseline must be a package this recipe makes, one of {', '.join(steps)}, "
+                f"got {self.promote.baseline!r}"
+            )
         return self

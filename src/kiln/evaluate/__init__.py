@@ -87,19 +87,37 @@ def gate_metrics(
 ) -> dict[str, float]:
     """The flat metrics a promotion rule may name, measured on one classification package.
 
-    Quality on ``cfg``'s data (accuracy, macro_f1, ece; ``report`` when already computed),
-    batch-1 latency percentiles on ``sample_inputs`` at ``num_threads`` and the size on disk:
-    the names of ``kiln.config.rules.METRICS``. The torch thread count is restored afterwards.
+    Quality on ``cfg``'s data (accuracy, macro_f1, ece; ``report`` when already computed) and
+    ``time_package``'s latency percentiles and size: the names of ``kiln.config.rules.METRICS``.
+    """
+    report = report if report is not None else run(cfg).report
+    return {
+        **quality_metrics(report),
+        **time_package(cfg.package, sample_inputs, num_threads=num_threads, latency_runs=latency_runs),
+    }
+
+
+def quality_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The data-dependent metrics a promotion rule may name, from a classification report."""
+    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "ece": report["ece"]}
+
+
+def time_package(
+    package: Path, sample_inputs: list[Any], *, num_threads: int | None = None, latency_runs: int = 100
+) -> dict[str, float]:
+    """Batch-1 latency percentiles on ``sample_inputs`` at ``num_threads``, and the size on disk.
+
+    The machine-dependent metrics a promotion rule may name. The torch thread count is
+    restored afterwards.
     """
     import torch
 
     from kiln.evaluate.speed import measure_package
 
-    report = report if report is not None else run(cfg).report
     threads = torch.get_num_threads()
     try:
         speed = measure_package(
-            cfg.package,
+            package,
             sample_inputs,
             num_threads=num_threads,
             batch_sizes=(1,),
@@ -110,9 +128,6 @@ def gate_metrics(
         torch.set_num_threads(threads)  # loading with num_threads sets it for the whole process
     latency = speed["latency_ms"]
     return {
-        "accuracy": report["accuracy"],
-        "macro_f1": report["macro_f1"],
-        "ece": report["ece"],
         "p50_latency_ms": latency["p50"],
         "p95_latency_ms": latency["p95"],
         "p99_latency_ms": latency["p99"],

@@ -10,8 +10,8 @@ When such a rule fires, a background thread (never the request path, never the e
 2. runs ``kiln train`` in a child process (so training never holds the server's GIL);
 3. measures the new package and the serving version on the same held-out rows (accuracy,
    macro-F1, ECE, batch-1 latency, size) and passes them through the gate: the recipe's own
-   ``promote:`` rules when it has them (every alias a rule names stands for the serving version),
-   else ``accuracy >= serving accuracy - max_accuracy_drop``;
+   ``promote:`` rules when it has them (every alias a rule names stands for the serving version;
+   rules naming ``baseline`` are skipped), else ``accuracy >= serving accuracy - max_accuracy_drop``;
 4. registers the package in the registry, loads it into the running server and gives it
    ``canary_percent`` of the traffic.
 
@@ -102,19 +102,23 @@ def gate(
 ) -> tuple[bool, str]:
     """Decide whether a retrained candidate may start as a canary, and say why.
 
-    ``candidate`` and ``current`` are flat metrics measured on the same rows. With a recipe
-    ``promote`` section that has rules, those rules decide (through the pipeline's ``decide``),
-    every alias they name standing for the serving version ``serving_ref``; otherwise the
-    built-in ``rules``.
+    ``candidate`` and ``current`` are flat metrics measured on the same held-out rows, latency
+    timed in the same process. With a recipe ``promote`` section that has rules, those rules
+    decide (through ``kiln.registry.gate.decide``), every alias they name standing for the
+    serving version ``serving_ref``; rules naming ``baseline`` are skipped (retraining makes no
+    baseline package). Otherwise the built-in ``rules``.
     """
     if promote is None or not promote.rules:
         return passes_gate(candidate, current, rules)
-    from kiln.config.rules import parse_rule
-    from kiln.pipeline.promote import Candidate, Holder, decide
+    from kiln.registry.gate import Candidate, Holder, decide, rule_aliases
 
-    aliases = {promote.alias, *(alias for text in promote.rules for alias in parse_rule(text).aliases)}
-    holders = {alias: Holder(ref=serving_ref, metrics=dict(current)) for alias in aliases}
-    decision = decide(promote, [Candidate(step="retrain", ref="candidate", metrics=dict(candidate))], holders)
+    rows = "the held-out logged rows"  # both measured on them: one fingerprint
+    holder = Holder(ref=serving_ref, metrics=dict(current), data_fingerprint=rows, is_timed_in_run=True)
+    decision = decide(
+        promote,
+        [Candidate(step="retrain", ref="candidate", metrics=dict(candidate), data_fingerprint=rows)],
+        {alias: holder for alias in rule_aliases(promote)},
+    )
     checks = "; ".join(f"'{c.rule}' {c.status}: {c.detail}" for c in decision.considered[0].checks)
     is_passed = decision.chosen is not None
     return is_passed, f"recipe gate {'passed' if is_passed else 'failed'} ({checks})"

@@ -1,9 +1,11 @@
 """``kiln run``: the stages of a recipe in order, each talking to the next through packages.
 
 data -> train -> compress (each step of the recipe's ``compress.steps``) -> evaluate every
-package on the test split through the runtime -> register every package with its lineage ->
-promote one through the recipe's gate. Each stage's output is keyed by a hash of its inputs
-(``cache.py``), so re-running a recipe skips what is done and an interrupted run resumes.
+package on the test split through the runtime -> time every package's latency -> register every
+package with its lineage -> promote one through the recipe's gate. Each stage's output is keyed
+by a hash of its inputs and of Kiln's code (``cache.py``), so re-running a recipe skips what is
+done and an interrupted run resumes. Latency is never reused: it belongs to the machine and its
+load, so every run times its packages (and the alias holders the gate compares with) afresh.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.config.schema import Recipe
 from kiln.pipeline import cache
-from kiln.pipeline.promote import Candidate, Decision
+from kiln.pipeline.promote import TimeLatency
+from kiln.registry.gate import Candidate, Decision
 
 if TYPE_CHECKING:
     from kiln.registry import Registry
@@ -87,12 +90,14 @@ def run_pipeline(
     packages = [_train(recipe, fingerprint, work_dir, report)]
     for step in recipe.compress.steps:
         packages.append(_compress_step(recipe, step, packages[-1], work_dir, report))
-    packages = [_evaluate(recipe, p, sample_inputs, work_dir, report) for p in packages]
+    packages = [_evaluate(recipe, p, work_dir, report) for p in packages]
+    time_latency = _latency_timer(recipe, sample_inputs, report)
+    packages = [_timed(p, time_latency) for p in packages]
 
     opened = registry if registry is not None else Registry()
     try:
         packages, run_id = _register(opened, recipe, fingerprint, packages, report)
-        decision = _promote(opened, recipe, packages, report)
+        decision = _promote(opened, recipe, fingerprint, packages, time_latency, report)
     finally:
         if registry is None:
             opened.close()
@@ -135,30 +140,23 @@ def _train(recipe: Recipe, fingerprint: str, work_dir: Path, report: Report) -> 
     import kiln.train
 
     dumped = recipe.model_dump(mode="json")
-    key = cache.stage_key(
-        "train",
-        {
-            "seed": recipe.seed,
-            "data": dumped["data"],
-            "model": dumped["model"],
-            "train": {k: v for k, v in dumped["train"].items() if k not in _TRAIN_KEY_EXCLUDED},
-            "data_fingerprint": fingerprint,
-        },
-    )
-    folder = cache.stage_dir(work_dir, "train", key)
-    package = folder / "package"
-    done = cache.completed(folder, key)
-    if done is not None and cache.intact_package(package, done["digest"]):
-        report(f"train: skipped, {package} already made from the same inputs")
-        return PackageOutcome("train", package, done["digest"], skipped=("train",))
-    is_resumed = (folder / "checkpoints").is_dir()
-    report(f"train: {'resuming in' if is_resumed else 'training into'} {folder}")
-    in_folder = recipe.model_copy(update={"train": recipe.train.model_copy(update={"output_dir": str(folder)})})
-    result = kiln.train.run(in_folder, resume=is_resumed)
-    assert result.package_dir is not None
-    digest = _digest(result.package_dir)
-    cache.mark_completed(folder, key, {"digest": digest})
-    return PackageOutcome("train", result.package_dir, digest)
+    inputs = {
+        "seed": recipe.seed,
+        "data": dumped["data"],
+        "model": dumped["model"],
+        "train": {k: v for k, v in dumped["train"].items() if k not in _TRAIN_KEY_EXCLUDED},
+        "data_fingerprint": fingerprint,
+    }
+
+    def make(folder: Path) -> dict[str, Any]:
+        is_resumed = (folder / "checkpoints").is_dir()
+        report(f"train: {'resuming in' if is_resumed else 'training into'} {folder}")
+        in_folder = recipe.model_copy(update={"train": recipe.train.model_copy(update={"output_dir": str(folder)})})
+        result = kiln.train.run(in_folder, resume=is_resumed)
+        assert result.package_dir is not None
+        return {"digest": _digest(result.package_dir)}
+
+    return _package_stage(work_dir, "train", "package", inputs, make, report)
 
 
 def _compress_step(recipe: Recipe, step: str, parent: PackageOutcome, work_dir: Path, report: Report) -> PackageOutcome:
@@ -166,64 +164,90 @@ def _compress_step(recipe: Recipe, step: str, parent: PackageOutcome, work_dir: 
     import kiln.compress
 
     settings = recipe.compress.model_dump(mode="json")
-    key = cache.stage_key(
-        step,
-        {
-            "parent": parent.digest,
-            "compress": {k: v for k, v in settings.items() if k not in _COMPRESS_KEY_EXCLUDED},
-        },
-    )
-    folder = cache.stage_dir(work_dir, step, key)
-    package = folder / f"01-{step}"
-    done = cache.completed(folder, key)
-    if done is not None and cache.intact_package(package, done["digest"]):
-        report(f"{step}: skipped, {package} already made from the same inputs")
-        return PackageOutcome(step, package, done["digest"], skipped=(step,))
-    shutil.rmtree(folder, ignore_errors=True)
-    report(f"{step}: compressing {parent.path} into {folder}")
-    kiln.compress.run(parent.path, output_dir=folder, config=recipe.compress, steps=[step])
-    digest = _digest(package)
-    cache.mark_completed(folder, key, {"digest": digest})
-    return PackageOutcome(step, package, digest)
+    inputs = {
+        "parent": parent.digest,
+        "compress": {k: v for k, v in settings.items() if k not in _COMPRESS_KEY_EXCLUDED},
+    }
+
+    def make(folder: Path) -> dict[str, Any]:
+        shutil.rmtree(folder, ignore_errors=True)
+        report(f"{step}: compressing {parent.path} into {folder}")
+        kiln.compress.run(parent.path, output_dir=folder, config=recipe.compress, steps=[step])
+        return {"digest": _digest(folder / f"01-{step}")}
+
+    return _package_stage(work_dir, step, f"01-{step}", inputs, make, report)
 
 
-def _evaluate(
-    recipe: Recipe, package: PackageOutcome, sample_inputs: list[Any], work_dir: Path, report: Report
+def _package_stage(
+    work_dir: Path,
+    step: str,
+    package_name: str,
+    inputs: dict[str, Any],
+    make: Callable[[Path], dict[str, Any]],
+    report: Report,
 ) -> PackageOutcome:
-    """Test-split metrics, batch-1 latency and size of a package, through the runtime."""
+    """A stage that makes one package in its folder: reuse it while intact, else ``make`` it."""
+    out = cache.reuse_or_make(
+        work_dir,
+        step,
+        inputs,
+        make,
+        is_usable=lambda folder, record: cache.intact_package(folder / package_name, record["digest"]),
+    )
+    package = out.folder / package_name
+    if out.is_reused:
+        report(f"{step}: skipped, {package} already made from the same inputs and code")
+    return PackageOutcome(step, package, out.record["digest"], skipped=(step,) if out.is_reused else ())
+
+
+def _evaluate(recipe: Recipe, package: PackageOutcome, work_dir: Path, report: Report) -> PackageOutcome:
+    """Test-split metrics and report of a package, through the runtime (latency is timed apart)."""
     import kiln.evaluate
 
-    key = cache.stage_key("evaluate", {"package": package.digest, "eval": recipe.eval.model_dump(mode="json")})
-    folder = cache.stage_dir(work_dir, "eval", key)
-    done = cache.completed(folder, key)
-    if done is not None:
-        report(f"evaluate {package.step}: skipped, {folder} already holds its metrics")
-        return replace(package, metrics=done["metrics"], eval_dir=folder, skipped=(*package.skipped, "evaluate"))
-    cfg = kiln.evaluate.EvaluationConfig(
-        package=package.path,
-        output_dir=folder,
-        batch_size=recipe.eval.batch_size,
-        ece_bins=recipe.eval.ece_bins,
-    )
-    result = kiln.evaluate.run(cfg)
-    if result.report.get("task") == "recommendation":
-        metrics = {k: result.report[k] for k in RANKING_METRICS}
-        metrics["size_mb"] = sum(f.stat().st_size for f in package.path.rglob("*") if f.is_file()) / 1e6
-        cache.mark_completed(folder, key, {"package": str(package.path), "metrics": metrics})
-        report(f"evaluate {package.step}: ndcg@10 {metrics['ndcg@10']:.4f}")
-        return replace(package, metrics=metrics, eval_dir=folder)
-    metrics = kiln.evaluate.gate_metrics(
-        cfg,
-        sample_inputs,
-        num_threads=recipe.eval.num_threads,
-        latency_runs=recipe.eval.latency_runs,
-        report=result.report,
-    )
-    cache.mark_completed(folder, key, {"package": str(package.path), "metrics": metrics})
-    report(
-        f"evaluate {package.step}: accuracy {metrics['accuracy']:.4f}, p99 {metrics['p99_latency_ms']:.2f} ms"
-    )
-    return replace(package, metrics=metrics, eval_dir=folder)
+    def make(folder: Path) -> dict[str, Any]:
+        cfg = kiln.evaluate.EvaluationConfig(
+            package=package.path,
+            output_dir=folder,
+            batch_size=recipe.eval.batch_size,
+            ece_bins=recipe.eval.ece_bins,
+        )
+        result = kiln.evaluate.run(cfg)
+        if result.report.get("task") == "recommendation":
+            metrics = {k: result.report[k] for k in RANKING_METRICS}
+            metrics["size_mb"] = sum(f.stat().st_size for f in package.path.rglob("*") if f.is_file()) / 1e6
+        else:
+            metrics = kiln.evaluate.quality_metrics(result.report)
+        return {"package": str(package.path), "metrics": metrics}
+
+    inputs = {"package": package.digest, "eval": recipe.eval.model_dump(mode="json")}
+    out = cache.reuse_or_make(work_dir, "eval", inputs, make)
+    metrics = out.record["metrics"]
+    headline = "ndcg@10" if "ndcg@10" in metrics else "accuracy"
+    if out.is_reused:
+        report(f"evaluate {package.step}: skipped, {out.folder} already holds its test metrics")
+    else:
+        report(f"evaluate {package.step}: {headline} {metrics[headline]:.4f}")
+    skipped = (*package.skipped, "evaluate") if out.is_reused else package.skipped
+    return replace(package, metrics=metrics, eval_dir=out.folder, skipped=skipped)
+
+
+def _latency_timer(recipe: Recipe, sample_inputs: list[Any], report: Report) -> TimeLatency | None:
+    """Times a package's batch-1 latency and size now; None when there is nothing to time on.
+
+    Recommendation recipes have no sample inputs: their packages are judged on ranking alone.
+    """
+    if not sample_inputs:
+        return None
+    import kiln.evaluate
+
+    def time_latency(path: Path, label: str) -> dict[str, float]:
+        timed = kiln.evaluate.time_package(
+            path, sample_inputs, num_threads=recipe.eval.num_threads, latency_runs=recipe.eval.latency_runs
+        )
+        report(f"latency {label}: p99 {timed['p99_latency_ms']:.2f} ms (timed in this run)")
+        return timed
+
+    return time_latency
 
 
 def _register(
@@ -266,13 +290,30 @@ def _register(
     return registered, run.id if run is not None else None
 
 
-def _promote(registry: Registry, recipe: Recipe, packages: list[PackageOutcome], report: Report) -> Decision | None:
+def _timed(package: PackageOutcome, time_latency: TimeLatency | None) -> PackageOutcome:
+    """The package with its latency and size timed in this run added to its metrics."""
+    if time_latency is None:
+        return package
+    return replace(package, metrics={**package.metrics, **time_latency(package.path, package.step)})
+
+
+def _promote(
+    registry: Registry,
+    recipe: Recipe,
+    fingerprint: str,
+    packages: list[PackageOutcome],
+    time_latency: TimeLatency | None,
+    report: Report,
+) -> Decision | None:
     from kiln.pipeline.promote import promote
 
     if recipe.promote is None:
         return None
-    candidates = [Candidate(step=p.step, ref=p.ref, metrics=p.metrics) for p in packages]
-    decision = promote(registry, recipe.name, recipe.promote, candidates)
+    candidates = [Candidate(p.step, p.ref, p.metrics, fingerprint) for p in packages]
+    baseline = [c for c in candidates if c.step == recipe.promote.baseline][-1]  # the recipe names a step it makes
+    decision = promote(
+        registry, recipe.name, recipe.promote, candidates, baseline=baseline, time_latency=time_latency
+    )
     report(f"promote: {decision.reason}")
     return decision
 

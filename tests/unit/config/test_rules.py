@@ -56,6 +56,15 @@ def test_rules_refuse_bad_text_saying_where(text: str, fragment: str) -> None:
     assert fragment in str(caught.value)
 
 
+def test_rules_baseline_metric_is_not_an_alias() -> None:
+    rule = parse_rule("p99_latency_ms <= 0.5 * baseline.p99_latency_ms + production.p99_latency_ms * 0")
+    assert rule.uses_baseline and rule.aliases == ("production",)
+    assert rule.metrics[1] == Metric("p99_latency_ms", "baseline")
+    holders = {"baseline": {"p99_latency_ms": 30.0}, "production": {"p99_latency_ms": 1.0}}
+    assert _value(rule.text, {"p99_latency_ms": 8.7}, holders) == pytest.approx((8.7, 15.0))
+    assert not parse_rule("accuracy >= production.accuracy").uses_baseline
+
+
 def test_rules_missing_metric_names_its_owner() -> None:
     rule = parse_rule("p99_latency_ms <= production.p99_latency_ms")
     with pytest.raises(MissingMetricError, match="production has no metric 'p99_latency_ms'"):
@@ -70,6 +79,9 @@ def test_rules_missing_metric_names_its_owner() -> None:
         ({"alias": "prod uction"}, "promote.alias: String should match pattern"),
         ({"candidate": "onnx"}, "promote.candidate must be one of best, last, train, got 'onnx'"),
         ({"rules": "accuracy >= 0.5"}, "promote.rules: Input should be a valid list"),
+        ({"baseline": "onnx"}, "promote.baseline must be a package this recipe makes, one of train, got 'onnx'"),
+        ({"alias": "baseline"}, "promote.alias cannot be 'baseline': rules use baseline.metric for promote.baseline"),
+        ({"rules": ["baseline.acc >= 0.9"]}, "unknown metric 'acc' at position 10"),
     ],
 )
 def test_rules_bad_promote_section_names_the_recipe_key(promote: dict, fragment: str) -> None:
@@ -78,7 +90,8 @@ def test_rules_bad_promote_section_names_the_recipe_key(promote: dict, fragment:
     assert fragment in str(caught.value)
 
 
-def test_rules_promote_candidate_may_name_a_compress_step() -> None:
+def test_rules_promote_candidate_and_baseline_may_name_a_compress_step() -> None:
     raw = {"name": "x", "data": {"dataset": "digits"}, "compress": {"steps": ["onnx"]}}
-    raw["promote"] = {"candidate": "onnx"}
-    assert parse_recipe(raw).promote is not None
+    raw["promote"] = {"candidate": "onnx", "baseline": "onnx"}
+    promote = parse_recipe(raw).promote
+    assert promote is not None and promote.baseline == "onnx"

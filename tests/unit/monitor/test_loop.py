@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from kiln.monitor.loop import GateRules, passes_gate, write_feedback_rows
+from kiln.config.schema import PromoteConfig
+from kiln.monitor.loop import GateRules, gate, passes_gate, write_feedback_rows
 from kiln.monitor.predlog import PredictionLog
 from kiln.serve.repository import PredictionRecord
 
@@ -34,6 +35,24 @@ def test_passes_gate_refuses_candidate_without_metric() -> None:
 def test_passes_gate_accepts_when_serving_version_has_no_metric() -> None:
     is_passed, reason = passes_gate({"accuracy": 0.6}, {}, GateRules())
     assert is_passed and "none to compare" in reason
+
+
+@pytest.mark.parametrize(("candidate_accuracy", "expected"), [(0.80, True), (0.70, False)])
+def test_gate_applies_recipe_rules_against_serving_version_and_skips_baseline_rules(
+    candidate_accuracy: float, expected: bool
+) -> None:
+    promote = PromoteConfig(
+        rules=["accuracy >= production.accuracy - 0.02", "p99_latency_ms <= 0.5 * baseline.p99_latency_ms"]
+    )
+    candidate = {"accuracy": candidate_accuracy, "p99_latency_ms": 9.0}
+    current = {"accuracy": 0.81, "p99_latency_ms": 3.0}
+
+    is_passed, reason = gate(candidate, current, promote, GateRules(), "s@1")
+
+    assert is_passed is expected
+    assert f"'accuracy >= production.accuracy - 0.02' {'pass' if expected else 'fail'}: " in reason
+    assert "production is s@1" in reason
+    assert "'p99_latency_ms <= 0.5 * baseline.p99_latency_ms' skip: skipped: no baseline package" in reason
 
 
 def test_write_feedback_rows_keeps_only_labelled_inputs(tmp_path: Path) -> None:

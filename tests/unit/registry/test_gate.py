@@ -1,17 +1,26 @@
-"""The promotion gate's decision: which candidate passes, and why the alias stays otherwise."""
+"""The promotion gate's decision: which candidate passes, why the alias stays otherwise, and
+comparisons refused when the numbers were measured on other data or another machine."""
+
+import pytest
 
 from kiln.config.schema import PromoteConfig
-from kiln.pipeline.promote import Candidate, Holder, decide
+from kiln.registry.gate import Candidate, Holder, decide
 
 RELATIVE = "accuracy >= production.accuracy - 0.005"
+FASTER = "p99_latency_ms <= 0.5 * baseline.p99_latency_ms"
+DATA = "sha256:data"
 
 
 def _candidates() -> list[Candidate]:
     return [
-        Candidate("train", "m@4", {"accuracy": 0.90, "p99_latency_ms": 12.0}),
-        Candidate("onnx", "m@5", {"accuracy": 0.90, "p99_latency_ms": 6.0}),
-        Candidate("quantize-dynamic", "m@6", {"accuracy": 0.88, "p99_latency_ms": 3.0}),
+        Candidate("train", "m@4", {"accuracy": 0.90, "p99_latency_ms": 12.0}, DATA),
+        Candidate("onnx", "m@5", {"accuracy": 0.90, "p99_latency_ms": 6.0}, DATA),
+        Candidate("quantize-dynamic", "m@6", {"accuracy": 0.88, "p99_latency_ms": 3.0}, DATA),
     ]
+
+
+def _holder(ref: str, metrics: dict[str, float], data: str = DATA, *, is_timed: bool = False) -> Holder:
+    return Holder(ref, metrics, data, is_timed_in_run=is_timed)
 
 
 def test_gate_first_model_passes_on_absolute_rules_alone() -> None:
@@ -30,27 +39,91 @@ def test_gate_best_breaks_accuracy_ties_by_latency() -> None:
 
 def test_gate_refuses_worse_model_and_names_the_rule() -> None:
     cfg = PromoteConfig(candidate="last", rules=[RELATIVE])
-    decision = decide(cfg, _candidates(), {"production": Holder("m@2", {"accuracy": 0.95})})
+    decision = decide(cfg, _candidates(), {"production": _holder("m@2", {"accuracy": 0.95})})
     assert not decision.is_moved and decision.chosen is None and decision.previous == "m@2"
-    assert "production unchanged (m@2)" in decision.reason
+    assert decision.reason.startswith("no candidate passes the gate; production unchanged (m@2)")
     assert f"m@6 (quantize-dynamic): rule '{RELATIVE}' failed (0.88 >= 0.945; production is m@2)" in decision.reason
 
 
 def test_gate_candidate_named_step_is_the_only_one_considered() -> None:
     cfg = PromoteConfig(candidate="train", rules=["accuracy >= 0.5"])
-    decision = decide(cfg, _candidates(), {"production": Holder("m@1", {"accuracy": 0.5})})
+    decision = decide(cfg, _candidates(), {"production": _holder("m@1", {"accuracy": 0.5})})
     assert [c.candidate.ref for c in decision.considered] == ["m@4"]
     assert decision.is_moved and "was m@1" in decision.reason
 
 
 def test_gate_keeps_alias_already_on_the_chosen_version() -> None:
-    decision = decide(PromoteConfig(), _candidates(), {"production": Holder("m@5", {"accuracy": 0.9})})
+    decision = decide(PromoteConfig(), _candidates(), {"production": _holder("m@5", {"accuracy": 0.9})})
     assert not decision.is_moved and decision.chosen is not None
     assert decision.reason.startswith("m@5 already is production")
 
 
 def test_gate_fails_rule_when_holder_lacks_the_metric() -> None:
     cfg = PromoteConfig(rules=["p99_latency_ms <= production.p99_latency_ms"])
-    decision = decide(cfg, _candidates()[:1], {"production": Holder("m@1", {"accuracy": 0.9})})
+    holder = _holder("m@1", {"accuracy": 0.9}, is_timed=True)
+    decision = decide(cfg, _candidates()[:1], {"production": holder})
     assert not decision.is_moved
     assert "production has no metric 'p99_latency_ms'" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("baseline_step", "passing"),
+    [("train", ["m@5", "m@6"]), ("onnx", ["m@6"]), ("quantize-dynamic", [])],
+)
+def test_gate_baseline_rule_compares_with_the_named_package_of_the_run(
+    baseline_step: str, passing: list[str]
+) -> None:
+    cfg = PromoteConfig(rules=[FASTER], baseline=baseline_step)
+    baseline = next(c for c in _candidates() if c.step == baseline_step)
+    decision = decide(cfg, _candidates(), {"production": None}, baseline)
+    assert [c.candidate.ref for c in decision.considered if c.is_passing] == passing
+    check = decision.considered[2].checks[0]
+    assert check.detail.endswith(f"baseline is {baseline.ref} ({baseline_step})")
+
+
+def test_gate_no_candidate_passing_baseline_rule_says_which_rule_failed_for_each() -> None:
+    cfg = PromoteConfig(rules=["p99_latency_ms <= 0.1 * baseline.p99_latency_ms"])
+    decision = decide(cfg, _candidates(), {"production": None}, _candidates()[0])
+    assert decision.chosen is None and not decision.is_moved
+    assert decision.reason.startswith("no candidate passes the gate; production unchanged (no version): ")
+    for ref, step, left in [("m@4", "train", 12), ("m@5", "onnx", 6), ("m@6", "quantize-dynamic", 3)]:
+        assert f"{ref} ({step}): rule 'p99_latency_ms <= 0.1 * baseline.p99_latency_ms' failed ({left} <= 1.2" in (
+            decision.reason
+        )
+
+
+def test_gate_skips_baseline_rule_without_a_baseline_package() -> None:
+    decision = decide(PromoteConfig(rules=[FASTER]), _candidates()[:1], {"production": None})
+    assert decision.is_moved
+    assert decision.considered[0].checks[0].status == "skip"
+    assert decision.considered[0].checks[0].detail == "skipped: no baseline package (train) in this run"
+
+
+def test_gate_refuses_quality_comparison_across_data_fingerprints() -> None:
+    cfg = PromoteConfig(rules=[RELATIVE])
+    holder = _holder("m@2", {"accuracy": 0.5}, data="sha256:older")
+    decision = decide(cfg, _candidates(), {"production": holder})
+    assert decision.chosen is None and not decision.is_moved
+    check = decision.considered[0].checks[0]
+    assert check.status == "fail"
+    assert check.detail == (
+        "refused: production (m@2) has accuracy measured on data sha256:older, m@4 on data sha256:data; "
+        "metrics on different data are not comparable"
+    )
+
+
+def test_gate_compares_latency_across_data_fingerprints_when_timed_in_the_run() -> None:
+    cfg = PromoteConfig(rules=["p99_latency_ms <= production.p99_latency_ms"])
+    holder = _holder("m@2", {"accuracy": 0.5, "p99_latency_ms": 5.0}, data="sha256:older", is_timed=True)
+    decision = decide(cfg, _candidates(), {"production": holder})
+    assert decision.chosen is not None and decision.chosen.candidate.ref == "m@6"
+
+
+def test_gate_refuses_latency_not_timed_in_this_run() -> None:
+    cfg = PromoteConfig(rules=["p99_latency_ms <= production.p99_latency_ms"])
+    holder = _holder("m@2", {"accuracy": 0.5, "p99_latency_ms": 500.0})
+    decision = decide(cfg, _candidates(), {"production": holder})
+    assert decision.chosen is None
+    assert decision.considered[0].checks[0].detail.startswith(
+        "refused: production (m@2) has no p99_latency_ms timed in this run on this machine"
+    )
