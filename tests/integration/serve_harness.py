@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import uvicorn
 
+from kiln.registry.access import TokenVerifier
 from kiln.serve.app import create_app
 from kiln.serve.config import ServeConfig
-from kiln.serve.security import TokenVerifier
 
 
 @dataclass

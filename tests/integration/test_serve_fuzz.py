@@ -19,8 +19,8 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
+from kiln.registry.access import token_verifier
 from kiln.serve.config import ModelConfig, ServeConfig
-from kiln.serve.security import token_verifier
 from tests.conftest import make_image_package, make_text_package
 from tests.integration.serve_harness import Running, serving
 

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from kiln.errors import ConfigError
+from kiln.registry.access import token_verifier
 from kiln.serve.app import create_app
 from kiln.serve.config import BatchingConfig, ModelConfig, ServeConfig
-from kiln.serve.security import token_verifier
 from tests.conftest import make_image_package, make_text_package
 from tests.integration.serve_harness import hold_model, serving, wait_until
 

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from kiln.registry.access import token_verifier
 from kiln.serve.config import ModelConfig, ServeConfig
-from kiln.serve.security import token_verifier
 from tests.conftest import make_text_package
 from tests.integration.serve_harness import serving, wait_until
 

@@ -58,7 +58,7 @@ def test_serve_accepts_registry_tokens_by_role(tmp_path: Path) -> None:
         writer_canary = server.client_put("/v1/admin/models/digits/canary", canary, token=writer)
     assert anonymous.status_code == 401 and by_revoked.status_code == 401
     assert by_reader.status_code == 200
-    assert reader_canary.status_code == 401, "a reader token must not manage models"
+    assert reader_canary.status_code == 403, "a reader token must not manage models"
     assert writer_canary.status_code == 200 and writer_canary.json()["canary"] == {"1": 50, "2": 50}
 
 

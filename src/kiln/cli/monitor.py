@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,6 +13,9 @@ def monitor(
     url: Annotated[str | None, typer.Option(help="Server URL, e.g. http://127.0.0.1:8000")] = None,
     log_dir: Annotated[Path | None, typer.Option(help="Monitoring folder (prediction log, alerts)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    token: Annotated[
+        str | None, typer.Option(envvar="KILN_TOKEN", help="Bearer token for --url (default: $KILN_TOKEN)")
+    ] = None,
 ) -> None:
     """Report drift by statistic and the alerts of a served model or a monitoring folder."""
     from kiln.cli.main import user_errors
@@ -22,13 +25,9 @@ def monitor(
         if (url is None) == (log_dir is None):
             raise ConfigError("give exactly one of --url or --log-dir")
         if url is not None:
-            import urllib.request
-
             base = url.rstrip("/")
-            with urllib.request.urlopen(f"{base}/v1/monitor/reports", timeout=10) as r:  # noqa: S310
-                reports = json.loads(r.read())
-            with urllib.request.urlopen(f"{base}/v1/monitor/alerts", timeout=10) as r:  # noqa: S310
-                alerts = json.loads(r.read())
+            reports = _get_json(f"{base}/v1/monitor/reports", token)
+            alerts = _get_json(f"{base}/v1/monitor/alerts", token)
         else:
             from kiln.monitor.ui.data import DashboardData
 
@@ -50,14 +49,52 @@ def monitor(
     typer.echo(f"active alerts: {', '.join(a['rule'] + '@' + a['model'] for a in active) or 'none'}")
 
 
+def _get_json(url: str, token: str | None) -> Any:
+    """GET a JSON body; an HTTP or network failure becomes a ``ConfigError`` saying which."""
+    import urllib.error
+    import urllib.request
+
+    from kiln.errors import ConfigError
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:  # noqa: S310
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        hint = " (pass --token or set KILN_TOKEN)" if exc.code == 401 else ""
+        raise ConfigError(f"{url} answered HTTP {exc.code}{hint}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ConfigError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+
+
 def ui(
     log_dir: Annotated[Path | None, typer.Option(help="Monitoring folder to show")] = None,
-    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Interface to bind; beyond loopback tokens are required")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8080,
+    token_file: Annotated[Path | None, typer.Option(help="Bearer tokens, one per line")] = None,
+    registry_tokens: Annotated[
+        bool, typer.Option("--registry-tokens", help="Accept the registry's API tokens (any role)")
+    ] = False,
 ) -> None:
-    """Serve the dashboard alone: registry under KILN_HOME plus a monitoring folder."""
+    """Serve the dashboard alone: registry under KILN_HOME plus a monitoring folder.
+
+    With tokens every page asks for one: open /ui/?token=TOKEN once in a browser (it becomes a
+    cookie) or send Authorization: Bearer TOKEN.
+    """
+    import contextlib
+
     import uvicorn
 
+    from kiln.cli.main import user_errors
     from kiln.monitor.ui.api import create_ui_app
+    from kiln.registry.access import service_verifier
 
-    uvicorn.run(create_ui_app(log_dir=log_dir), host=host, port=port, log_level="warning")
+    with user_errors(), contextlib.ExitStack() as stack:
+        store = None
+        if registry_tokens:
+            from kiln.registry import Registry
+
+            store = stack.enter_context(Registry()).store
+        verifier = service_verifier(token_file=token_file, registry_store=store, service="kiln ui", host=host)
+        app = create_ui_app(log_dir=log_dir, host=host, verifier=verifier)
+        uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -241,10 +241,12 @@ def migrate(ctx: typer.Context) -> None:
 @app.command("serve")
 def serve(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on; beyond loopback API tokens are required")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8100,
     open_reads: Annotated[
-        bool, typer.Option("--open-reads", help="Allow reads without a token")
+        bool, typer.Option("--open-reads", help="Allow reads without a token (loopback only)")
     ] = False,
     max_upload_bytes: Annotated[
         int | None,
@@ -265,15 +267,14 @@ def serve(
     from kiln.registry.archives import ArchiveLimits
     from kiln.registry.http import create_app
 
-    with user_errors():
+    with user_errors(), _open(ctx) as registry:
         given = {
             "max_upload_bytes": max_upload_bytes,
             "max_unpacked_bytes": max_unpacked_bytes,
             "max_archive_entries": max_archive_entries,
         }
         limits = ArchiveLimits(**{k: v for k, v in given.items() if v is not None})
-        registry = _open(ctx)
-        app = create_app(registry, is_read_open=open_reads, limits=limits)
+        app = create_app(registry, is_read_open=open_reads, limits=limits, host=host)
         uvicorn.run(app, host=host, port=port)
 
 
@@ -281,7 +282,7 @@ def serve(
 def user_add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="User name")],
-    role: Annotated[str, typer.Option(help="reader, writer or admin")] = "reader",
+    role: Annotated[str, typer.Option(help="reader, feedback, writer or admin")] = "reader",
 ) -> None:
     """Add a user."""
     from kiln.registry.domain import Role
@@ -289,7 +290,8 @@ def user_add(
 
     with user_errors(), _open(ctx) as registry:
         if role not in {r.value for r in Role}:
-            raise RegistryError(f"role must be reader, writer or admin, got {role!r}")
+            allowed = ", ".join(r.value for r in Role)
+            raise RegistryError(f"role must be one of {allowed}, got {role!r}")
         user = registry.store.create_user(name, Role(role))
         typer.echo(f"{user.name}\t{user.role.value}")
 

@@ -7,6 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from kiln.registry.domain import Role
+
 
 class FeedbackRequest(BaseModel):
     """The true label of an answered input, by the request id the server returned."""
@@ -21,11 +23,11 @@ class FeedbackRequest(BaseModel):
 router = APIRouter(tags=["monitoring"])
 
 
-def _monitor(request: Request) -> Any:
+def _monitor(request: Request, needed: Role = Role.READER) -> Any:
     from kiln.serve.handling import HTTPProblem
 
     service = request.app.state.service
-    service.authorize(request.headers.get("authorization"), is_management=False)
+    service.authorize(request.headers.get("authorization"), needed=needed)
     monitor = getattr(request.app.state, "monitor", None)
     if monitor is None:
         raise HTTPProblem(404, "monitoring is off: set monitor.enabled in the serve config")
@@ -34,10 +36,14 @@ def _monitor(request: Request) -> Any:
 
 @router.post("/v1/models/{name}/feedback", status_code=202)
 async def feedback(name: str, body: FeedbackRequest, request: Request) -> dict[str, str]:
-    """Record the true label of a logged input; turns on accuracy by window."""
+    """Record the true label of a logged input; turns on accuracy by window.
+
+    Labels drive retraining, so with tokens this needs a feedback (or writer) token: a
+    reader token, enough to call the model, must not choose its next version's training data.
+    """
     from kiln.serve.handling import HTTPProblem
 
-    monitor = _monitor(request)
+    monitor = _monitor(request, Role.FEEDBACK)
     entry = (
         request.app.state.service.repository.entry(name)
         if name in request.app.state.service.repository.names()

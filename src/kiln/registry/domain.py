@@ -9,15 +9,20 @@ from typing import Any
 
 
 class Role(enum.StrEnum):
-    """What an API token may do: read, also write, also manage users."""
+    """What an API token may do, weakest first; each role may do what the roles before it may.
+
+    reader: inference and reads. feedback: also send true labels, which drive retraining.
+    writer: also register, move aliases, manage served models. admin: also users and tokens.
+    """
 
     READER = "reader"
+    FEEDBACK = "feedback"
     WRITER = "writer"
     ADMIN = "admin"
 
     def allows(self, needed: Role) -> bool:
         """Whether this role is at least as strong as ``needed``."""
-        order = [Role.READER, Role.WRITER, Role.ADMIN]
+        order = list(Role)
         return order.index(self) >= order.index(needed)
 
 
@@ -111,7 +116,7 @@ class User:
     """A registry user; the role applies to all of the user's tokens."""
 
     name: str  # unique user name
-    role: Role  # reader, writer or admin
+    role: Role  # reader, feedback, writer or admin
     created_at: datetime  # (UTC)
 
 

@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from kiln.errors import KilnError
+from kiln.errors import ConfigError, KilnError
 from kiln.registry.archives import (
     ArchiveLimits,
     ArchiveTooLargeError,
@@ -264,9 +264,40 @@ def _register_archive(
 
 
 def create_app(
-    registry: Registry, *, is_read_open: bool = False, limits: ArchiveLimits | None = None
+    registry: Registry,
+    *,
+    is_read_open: bool = False,
+    limits: ArchiveLimits | None = None,
+    host: str = "127.0.0.1",
 ) -> FastAPI:
-    """A standalone app serving ``registry`` (``kiln registry serve``)."""
+    """A standalone app serving ``registry`` (``kiln registry serve``).
+
+    Args:
+        registry: the registry served.
+        is_read_open: reads need no token (loopback binds only).
+        limits: upload and unpacking limits; the defaults when empty.
+        host: the interface it will bind; beyond loopback every path but ``/health`` needs a
+            token and the registry must hold one.
+
+    Raises:
+        ConfigError: a non-loopback ``host`` with open reads or without any API token.
+    """
+    from kiln.registry.access import TokenGate, is_loopback, registry_verifier, require_tokens
+
+    is_public = not is_loopback(host)
+    if is_public:
+        if is_read_open:
+            raise ConfigError(f"--open-reads is allowed only on a loopback bind, not on {host}")
+        require_tokens(host, service="kiln registry serve", has_tokens=registry.store.has_tokens())
     app = FastAPI(title="Kiln model registry", version="1")
     app.include_router(create_router(lambda: registry, is_read_open=is_read_open, limits=limits))
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict[str, bool]:
+        return {"live": True}
+
+    if is_public:
+        app.add_middleware(
+            TokenGate, verifier=registry_verifier(registry.store), open_paths=("/health",), error_key="detail"
+        )
     return app

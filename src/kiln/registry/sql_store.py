@@ -476,6 +476,11 @@ class SqlStore(RegistryStore):
                 row.id, owner.name, row.name, _utc(row.created_at), _utc(row.revoked_at)
             )
 
+    def has_tokens(self) -> bool:
+        with self._read() as s:
+            query = select(TokenRow.id).where(TokenRow.revoked_at.is_(None)).limit(1)
+            return s.scalars(query).first() is not None
+
     def authenticate(self, secret: str) -> User:
         parts = secret.split("_")
         if len(parts) < 3 or parts[0] != TOKEN_PREFIX:

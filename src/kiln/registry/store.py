@@ -185,5 +185,9 @@ class RegistryStore(abc.ABC):
         """Revoke a token."""
 
     @abc.abstractmethod
+    def has_tokens(self) -> bool:
+        """Whether any token that is not revoked exists."""
+
+    @abc.abstractmethod
     def authenticate(self, secret: str) -> User:
         """The user a valid token belongs to; ``AuthError`` otherwise."""

@@ -20,20 +20,16 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kiln.registry.access import TokenGate, TokenVerifier, is_loopback, service_verifier
 from kiln.serve.config import ServeConfig
 from kiln.serve.handling import HTTPProblem, InferenceService
 from kiln.serve.metrics import ServeMetrics
 from kiln.serve.repository import ModelRepository
-from kiln.serve.security import (
-    TokenVerifier,
-    any_verifier,
-    is_loopback,
-    read_tokens,
-    registry_verifier,
-    token_verifier,
-)
 
 logger = logging.getLogger(__name__)
+
+# Answered without a token on any bind: load balancers and orchestrators probe them.
+HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
 
 
 def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) -> FastAPI:
@@ -48,30 +44,26 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
         ConfigError: a non-loopback bind without tokens, or an unreadable token file.
     """
     from kiln import __version__
-    from kiln.errors import ConfigError
     from kiln.serve import apps, recommend, rest, v2
 
-    file_tokens = read_tokens(config.token_file) if verifier is None and config.token_file else None
     registry = None
     if config.registry_api or config.registry_tokens:
         from kiln.registry import Registry
 
         registry = Registry()
-    if verifier is None:
-        verifier = any_verifier(
-            [
-                *([token_verifier(file_tokens)] if file_tokens else []),
-                *([registry_verifier(registry.store)] if registry and config.registry_tokens else []),
-            ]
-        )
     is_public = not is_loopback(config.host)
-    if is_public and verifier is None:
-        if registry is not None:
-            registry.close()
-        raise ConfigError(
-            f"binding to {config.host} (not loopback) needs bearer tokens: "
-            "pass --token-file or --registry-tokens"
-        )
+    if verifier is None:
+        try:
+            verifier = service_verifier(
+                token_file=config.token_file,
+                registry_store=registry.store if registry and config.registry_tokens else None,
+                service="kiln serve",
+                host=config.host,
+            )
+        except Exception:
+            if registry is not None:
+                registry.close()
+            raise
     metrics = ServeMetrics()
     repository = ModelRepository(config, metrics)
     service = InferenceService(
@@ -129,7 +121,7 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics(request: Request) -> Response:
-        service.authorize(request.headers.get("authorization"), is_management=False)
+        service.authorize(request.headers.get("authorization"))
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     @app.exception_handler(HTTPProblem)
@@ -151,6 +143,10 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
     unlimited = ("/registry/",) if registry is not None and config.registry_api else ()
     app.add_middleware(BodyLimit, max_body_bytes=config.max_body_bytes, exempt_prefixes=unlimited)
     app.add_middleware(EarlyShed, service=service)
+    if is_public:
+        assert verifier is not None  # service_verifier refused a public bind without tokens
+        # Outermost, so that a request without a token is refused before its body is read.
+        app.add_middleware(TokenGate, verifier=verifier, open_paths=HEALTH_PATHS)
     return app
 
 

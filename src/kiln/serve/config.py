@@ -93,16 +93,17 @@ class ModelConfig(_Section):
 class ServeConfig(_Section):
     # Models served by this process.
     models: list[ModelConfig] = Field(default_factory=list)
-    # Interface to bind; anything but loopback requires a token file.
+    # Interface to bind; anything but loopback requires tokens (token_file or registry_tokens).
     host: str = "127.0.0.1"
     # TCP port.
     port: int = Field(default=8000, ge=0, le=65535)
     # Server processes (each loads every model).
     workers: int = Field(default=1, ge=1)
-    # File of bearer tokens, one per line; required for a non-loopback bind and for management.
+    # File of bearer tokens, one per line, each acting as a writer token (inference, feedback,
+    # management).
     token_file: Path | None = None
     # Also accept the registry's API tokens (KILN_HOME / KILN_DATABASE_URL): a reader token may
-    # call inference, management needs a writer or admin token.
+    # call inference, feedback needs a feedback token or stronger, management a writer token.
     registry_tokens: bool = False
     # Largest request body accepted; larger bodies get 413.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kiln.registry.access import TokenVerifier, bearer_token
+from kiln.registry.domain import Role
 from kiln.runtime.preprocessing import InputError
 from kiln.serve.batching import BatcherStoppedError, DeadlineExceededError, QueueFullError
 from kiln.serve.config import ServeConfig
@@ -24,7 +26,6 @@ from kiln.serve.repository import (
     PredictionRecord,
     UnknownModelError,
 )
-from kiln.serve.security import TokenVerifier, bearer_token
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
 REQUEST_ID_HEADER = "x-request-id"
@@ -60,27 +61,38 @@ class InferenceService:
     is_auth_required: bool  # every non-health endpoint asks for a token
     is_shutting_down: bool = field(default=False)
 
-    def authorize(self, authorization: str | None, *, is_management: bool) -> None:
+    def authorize(self, authorization: str | None, *, needed: Role = Role.READER) -> None:
         """Check the bearer token where one is needed.
 
+        Reading (inference, metrics, reports) needs a token on a non-loopback bind. Feedback
+        needs a feedback (or stronger) token whenever the server has tokens. Management needs
+        a writer token and is closed when the server has none.
+
         Raises:
-            HTTPProblem: 401 without a valid token or with one whose role is too weak for
-                management; 403 when management has no tokens at all.
+            HTTPProblem: 401 without a valid token, 403 for a role too weak for the call or
+                for management on a server without tokens.
         """
-        if not (is_management or self.is_auth_required):
-            return
         if self.verifier is None:
-            raise HTTPProblem(
-                403,
-                "management endpoints are disabled: start the server with "
-                "--token-file or --registry-tokens to enable them",
-            )
+            if needed.allows(Role.WRITER):
+                raise HTTPProblem(
+                    403,
+                    "management endpoints are disabled: start the server with "
+                    "--token-file or --registry-tokens to enable them",
+                )
+            return  # a loopback server without tokens (require_tokens refused any other)
+        if needed is Role.READER and not self.is_auth_required:
+            return
         token = bearer_token(authorization)
-        if token is None or not self.verifier(token, is_management):
+        principal = self.verifier(token) if token is not None else None
+        if principal is None:
             raise HTTPProblem(
                 401,
                 "a valid bearer token is required (Authorization: Bearer ...)",
                 {"WWW-Authenticate": "Bearer"},
+            )
+        if not principal.role.allows(needed):
+            raise HTTPProblem(
+                403, f"{needed.value} role required, {principal.name} is {principal.role.value}"
             )
 
     def deadline(self, headers: Mapping[str, str]) -> float:
@@ -137,7 +149,7 @@ class InferenceService:
         if not versions or any(v is None or not v.batcher.is_full for v in versions):
             return None  # room somewhere (or an unknown version): the normal path answers
         try:
-            self.authorize(authorization, is_management=False)
+            self.authorize(authorization)
         except HTTPProblem:
             return None
         full = versions[0]

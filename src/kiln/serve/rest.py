@@ -1,6 +1,6 @@
 """The plain REST API: ``/v1/models/{name}:predict`` with raw inputs, and management.
 
-Management endpoints (load, unload, canary) always need a bearer token. A load takes a package
+Management endpoints (load, unload, canary) always need a writer (or admin) token. A load takes a package
 folder on the server's disk or a registry reference, never a URL.
 """
 
@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from kiln.registry.domain import Role
 from kiln.serve.handling import HTTPProblem, InferenceService, load_problem
 from kiln.serve.models import ModelLoadError
 from kiln.serve.repository import UnknownModelError
@@ -27,6 +28,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in {
         400: "Bad input, naming the field",
         401: "Missing or invalid token",
+        403: "Token role too weak, or management without tokens",
         404: "Unknown model or version",
         413: "Body or batch too large",
         503: "Queue full or not ready (see Retry-After)",
@@ -89,10 +91,10 @@ class CanaryRequest(BaseModel):
 router = APIRouter(tags=["REST"], responses=ERRORS)
 
 
-def service_of(request: Request, *, is_management: bool = False) -> InferenceService:
-    """The app's service after the request's token is checked."""
+def service_of(request: Request, *, needed: Role = Role.READER) -> InferenceService:
+    """The app's service after the request's token is checked for the ``needed`` role."""
     service: InferenceService = request.app.state.service
-    service.authorize(request.headers.get("authorization"), is_management=is_management)
+    service.authorize(request.headers.get("authorization"), needed=needed)
     return service
 
 
@@ -137,7 +139,7 @@ async def list_models(request: Request) -> list[dict[str, Any]]:
 @router.post("/v1/admin/models/{name}:load", response_model=ModelInfo, tags=["management"])
 async def load_version(name: str, body: LoadRequest, request: Request) -> dict[str, Any]:
     """Load (or replace) a version: load, warm up, switch atomically; on failure keep the old."""
-    repo = service_of(request, is_management=True).repository
+    repo = service_of(request, needed=Role.WRITER).repository
     try:
         await repo.load_version(name, body.version, body.source)
     except ModelLoadError as exc:
@@ -150,7 +152,7 @@ async def load_version(name: str, body: LoadRequest, request: Request) -> dict[s
 )
 async def unload_version(name: str, version: int, request: Request) -> dict[str, Any]:
     """Stop routing to a version, finish its queued requests and free it."""
-    repo = service_of(request, is_management=True).repository
+    repo = service_of(request, needed=Role.WRITER).repository
     try:
         await repo.unload_version(name, version)
     except UnknownModelError as exc:
@@ -161,7 +163,7 @@ async def unload_version(name: str, version: int, request: Request) -> dict[str,
 @router.put("/v1/admin/models/{name}/canary", response_model=ModelInfo, tags=["management"])
 async def set_canary(name: str, body: CanaryRequest, request: Request) -> dict[str, Any]:
     """Split traffic between loaded versions, optionally sticky by a request header."""
-    repo = service_of(request, is_management=True).repository
+    repo = service_of(request, needed=Role.WRITER).repository
     if body.weights and (min(body.weights.values()) < 0 or sum(body.weights.values()) <= 0):
         raise HTTPProblem(
             400, f"weights: expected non-negative shares with a positive sum, got {body.weights}"

@@ -141,6 +141,15 @@ def test_store_stores_only_token_hashes(store: SqlStore) -> None:
         store.authenticate(secret[:-2] + "xx")
 
 
+def test_store_has_tokens_only_while_one_is_not_revoked(store: SqlStore) -> None:
+    assert not store.has_tokens()
+    store.create_user("labeller", Role.FEEDBACK)
+    token, secret = store.create_token("labeller")
+    assert store.has_tokens() and store.authenticate(secret).role is Role.FEEDBACK
+    store.revoke_token(token.id)
+    assert not store.has_tokens()
+
+
 def test_store_upload_records_protect_digests_until_stale(store: SqlStore) -> None:
     upload = store.begin_upload("c" * 64)
     store.create_version(_new(digest="d" * 64))

@@ -5,7 +5,6 @@ import pytest
 from kiln.errors import ConfigError
 from kiln.serve.config import ModelConfig, ServeConfig, load_serve_config, parse_serve_config
 from kiln.serve.models import ModelLoadError, resolve_source
-from kiln.serve.security import bearer_token, is_loopback, read_tokens, token_verifier
 
 
 def test_load_serve_config_reads_models_and_lets_the_command_line_win(tmp_path: Path) -> None:
@@ -37,43 +36,6 @@ def test_resolve_source_refuses_urls_and_unknown_folders(tmp_path: Path) -> None
         resolve_source("s3://bucket/model")
     with pytest.raises(ModelLoadError, match="not a package folder"):
         resolve_source(str(tmp_path / "missing"))
-
-
-def test_read_tokens_skips_comments_and_blank_lines(tmp_path: Path) -> None:
-    path = tmp_path / "tokens"
-    path.write_text("# ops\nalpha\n\n beta \n")
-    tokens = read_tokens(path)
-    assert tokens == {"alpha", "beta"}
-    verify = token_verifier(tokens)
-    assert verify("beta") and not verify("gamma")
-
-
-@pytest.mark.parametrize(
-    ("host", "expected"),
-    [
-        ("127.0.0.1", True),
-        ("::1", True),
-        ("localhost", True),
-        ("0.0.0.0", False),
-        ("10.1.2.3", False),
-    ],
-)
-def test_is_loopback(host: str, expected: bool) -> None:
-    assert is_loopback(host) is expected
-
-
-@pytest.mark.parametrize(
-    ("header", "token"),
-    [
-        ("Bearer abc", "abc"),
-        ("bearer  abc ", "abc"),
-        ("Basic abc", None),
-        ("Bearer", None),
-        (None, None),
-    ],
-)
-def test_bearer_token_reads_only_bearer_headers(header: str | None, token: str | None) -> None:
-    assert bearer_token(header) == token
 
 
 def test_concurrent_batches_default_to_one_per_core_left_by_intra_op_threads(monkeypatch: pytest.MonkeyPatch) -> None:
