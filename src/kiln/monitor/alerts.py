@@ -2,6 +2,9 @@
 
 An alert is pending while its condition holds for less than its ``for`` duration, firing once
 it has held that long, and resolved when it stops holding. Each change is one history row.
+
+A webhook URL often carries its secret in the path or query (Slack, Teams, PagerDuty), so it is
+never logged: messages name only its scheme, host and port.
 """
 
 from __future__ import annotations
@@ -89,6 +92,16 @@ class _State:
     is_firing: bool = False
 
 
+@dataclass(frozen=True)
+class WebhookPolicy:
+    """How webhook calls are made: timeout, attempts and exponential backoff."""
+
+    timeout_s: float = 5.0  # per attempt
+    attempts: int = 4  # tries of one call, the first included
+    backoff_s: float = 0.5  # wait before the first retry, doubled for each next one
+    sleep: Callable[[float], None] = time.sleep  # injectable so that tests need not wait
+
+
 class AlertEngine:
     """Evaluates rules against each window's values and delivers changes."""
 
@@ -98,14 +111,16 @@ class AlertEngine:
         *,
         history: AlertHistory,
         webhook_url: str | None = None,
-        webhook_timeout_s: float = 5.0,
+        webhook: WebhookPolicy | None = None,
         on_event: Callable[[AlertEvent, AlertRuleConfig], None] | None = None,
+        on_webhook_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.rules: list[tuple[AlertRuleConfig, Condition]] = [(r, parse_condition(r.when)) for r in rules]
         self.history = history
         self.webhook_url = webhook_url
-        self.webhook_timeout_s = webhook_timeout_s
+        self.webhook = webhook or WebhookPolicy()
         self.on_event = on_event
+        self.on_webhook_failure = on_webhook_failure  # called with the rule's name
         self._states: dict[tuple[str, str, int], _State] = {}
         self._lock = threading.Lock()
 
@@ -159,7 +174,9 @@ class AlertEngine:
         )
         self.history.add(event)
         for url in {u for u in (self.webhook_url, rule.webhook_url) if u}:
-            post_webhook(url, event.to_json(), timeout_s=self.webhook_timeout_s)
+            is_delivered = post_webhook(url, event.to_json(), policy=self.webhook)
+            if not is_delivered and self.on_webhook_failure is not None:
+                self.on_webhook_failure(rule.name)
         if self.on_event is not None:
             try:
                 self.on_event(event, rule)
@@ -167,20 +184,72 @@ class AlertEngine:
                 logger.exception("alert action of rule %s failed", rule.name)
 
 
-def post_webhook(url: str, payload: dict[str, Any], *, timeout_s: float) -> bool:
-    """POST a JSON payload; failures are logged, never raised (the next change tries again)."""
-    import urllib.error
+def post_webhook(url: str, payload: dict[str, Any], *, policy: WebhookPolicy) -> bool:
+    """POST a JSON payload, retrying with backoff; whether it was delivered.
+
+    A network error, a timeout, 408, 429 and 5xx answers are retried; other 4xx answers are
+    not (the same call would be refused again). Failures are logged without the URL, never
+    raised: the next alert change tries again.
+    """
     import urllib.request
 
-    request = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
+    target = webhook_target(url)
+    body = json.dumps(payload).encode()
+    reason = ""
+    for attempt in range(1, policy.attempts + 1):
+        request = urllib.request.Request(
+            url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=policy.timeout_s) as response:  # noqa: S310 (configured URL)
+                if 200 <= response.status < 300:
+                    return True
+                reason, is_retried = f"HTTP {response.status}", True
+        except Exception as exc:  # noqa: BLE001 (any failure of the call is reported the same way)
+            reason, is_retried = _failure(exc)
+        if not is_retried or attempt == policy.attempts:
+            break
+        delay_s = policy.backoff_s * 2 ** (attempt - 1)
+        logger.info(
+            "webhook to %s failed (%s), attempt %d of %d; retrying in %.1f s",
+            target, reason, attempt, policy.attempts, delay_s,
+        )
+        policy.sleep(delay_s)
+    logger.warning("webhook to %s failed after %d attempt(s): %s", target, attempt, reason)
+    return False
+
+
+def webhook_target(url: str) -> str:
+    """What a log may say about a webhook URL: its scheme, host and port, nothing else."""
+    from urllib.parse import urlsplit
+
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (configured URL)
-            return 200 <= response.status < 300
-    except (urllib.error.URLError, OSError) as exc:
-        logger.warning("webhook %s failed: %s", url, exc)
-        return False
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname or '?'}{port}"
+    except ValueError:
+        return "(an unparsable URL)"
+
+
+def _failure(exc: Exception) -> tuple[str, bool]:
+    """(reason, whether to retry) for an exception of ``urlopen``, without its URL."""
+    import urllib.error
+
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}", exc.code in (408, 429) or exc.code >= 500
+    if isinstance(exc, urllib.error.URLError):
+        inner = exc.reason
+        if isinstance(inner, OSError):
+            return inner.strerror or type(inner).__name__, True
+        return type(exc).__name__, True
+    if isinstance(exc, TimeoutError):
+        return "timed out", True
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__, True
+    import http.client
+
+    # ValueError and http.client errors can quote the URL in their message: name the type only.
+    return type(exc).__name__, isinstance(exc, http.client.HTTPException)
 
 
 def active_from_history(history: list[AlertEvent]) -> list[dict[str, Any]]:

@@ -38,7 +38,7 @@ class AlertRuleConfig(_Section):
     when: str = Field(min_length=1)
     # Only this model; every served model when empty.
     model: str | None = None
-    # A webhook for this rule only, in addition to the global one.
+    # A webhook for this rule only, in addition to the global one (never logged).
     webhook_url: str | None = None
     # Retrain and canary a new version when the alert fires (the closed loop); off when empty.
     retrain: RetrainConfig | None = None
@@ -50,6 +50,11 @@ class AlertRuleConfig(_Section):
 
         parse_condition(value)  # raises ValueError with the position of the problem
         return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook(cls, value: str | None) -> str | None:
+        return check_webhook_url(value)
 
 
 class MonitorConfig(_Section):
@@ -76,12 +81,46 @@ class MonitorConfig(_Section):
     eval_interval_s: float = Field(default=30.0, gt=0)
     # Most window inputs re-encoded per evaluation for the embedding projection (0 turns it off).
     embed_rows: int = Field(default=100, ge=0)
-    # URL every alert change is POSTed to as JSON; none when empty.
+    # Most feedback labels kept (in memory and in the log); beyond it the oldest are dropped.
+    max_feedback_rows: int = Field(default=100_000, ge=1)
+    # Seconds a feedback label is kept.
+    feedback_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # URL every alert change is POSTed to as JSON (never logged); none when empty.
     webhook_url: str | None = None
-    # Seconds before a webhook delivery gives up.
+    # Seconds one webhook attempt waits for an answer.
     webhook_timeout_s: float = Field(default=5.0, gt=0)
+    # Attempts of one webhook call, the first included; then it counts as failed.
+    webhook_attempts: int = Field(default=4, ge=1, le=10)
+    # Seconds before the first webhook retry, doubled for each next one.
+    webhook_backoff_s: float = Field(default=0.5, ge=0)
     # Alert rules.
     rules: list[AlertRuleConfig] = Field(default_factory=list)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook(cls, value: str | None) -> str | None:
+        return check_webhook_url(value)
+
+
+def check_webhook_url(value: str | None) -> str | None:
+    """An http(s) URL with a host, or None; the error never quotes the URL (it may hold a secret).
+
+    Raises:
+        ValueError: any other value.
+    """
+    from urllib.parse import urlsplit
+
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        is_valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
+    except ValueError:
+        is_valid = False
+    if not is_valid:
+        raise ValueError("webhook_url must be an http:// or https:// URL with a host (not shown here)")
+    return value
 
 
 def monitor_dir(config: MonitorConfig) -> Path:

@@ -2,8 +2,9 @@
 
 ``observe`` (called on the request path) only samples and appends to a deque; a background
 thread calls ``flush`` which writes one Parquet file per flush under ``predictions/`` (and
-``feedback/``), then enforces retention: files older than ``retention_s`` go, and the oldest
-go while the folder holds more than ``max_log_bytes``.
+``feedback/``), then enforces retention: prediction files older than ``retention_s`` go, and
+the oldest go while they hold more than ``max_log_bytes``. Feedback has its own bounds (see
+``kiln.monitor.feedback``); a feedback file goes once every label in it has been dropped.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from kiln.monitor.feedback import Feedback, FeedbackStore
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +57,10 @@ class PredictionLog:
         window_rows: int = 500,
         max_log_bytes: int = 1 << 30,
         retention_s: float = 7 * 24 * 3600.0,
+        max_feedback_rows: int = 100_000,
+        feedback_retention_s: float = 7 * 24 * 3600.0,
+        on_feedback_drop: Callable[[str, int], None] | None = None,
+        clock: Callable[[], float] = time.time,
         seed: int | None = None,
     ) -> None:
         self.folder = Path(folder)
@@ -61,12 +69,14 @@ class PredictionLog:
         self.window_rows = window_rows
         self.max_log_bytes = max_log_bytes
         self.retention_s = retention_s
+        self.clock = clock
         self.dropped = 0  # records refused because the buffer was full
+        self.feedback = FeedbackStore(
+            max_rows=max_feedback_rows, max_age_s=feedback_retention_s, clock=clock, on_drop=on_feedback_drop
+        )
         self._random = random.Random(seed)
         self._pending: deque[Any] = deque()
-        self._feedback: deque[dict[str, Any]] = deque()
         self._windows: dict[tuple[str, int], deque[LoggedInput]] = {}
-        self._labels: dict[tuple[str, int], str] = {}  # (request_id, index) -> true label
         self._lock = threading.Lock()
         self._seq = 0
 
@@ -81,9 +91,16 @@ class PredictionLog:
 
     def add_feedback(self, model: str, request_id: str, label: str, index: int = 0) -> None:
         """Record the true label of a logged input."""
-        self._feedback.append(
-            {"timestamp": time.time(), "model": model, "request_id": request_id, "index": index, "label": label}
+        self.feedback.add(model, request_id, label, index)
+
+    def restore_feedback(self) -> int:
+        """Take back the labels already in the log (at start); return how many are kept."""
+        frame = read_log(self.folder, FEEDBACK)
+        self.feedback.restore(
+            Feedback(float(r.timestamp), str(r.model), str(r.request_id), int(r.index), str(r.label))
+            for r in frame.itertuples(index=False)
         )
+        return len(self.feedback)
 
     def window(self, model: str, version: int) -> list[LoggedInput]:
         """The most recent logged inputs of a model version, oldest first."""
@@ -97,12 +114,13 @@ class PredictionLog:
 
     def true_label(self, request_id: str, index: int) -> str | None:
         """Feedback received for an input, if any."""
-        return self._labels.get((request_id, index))
+        return self.feedback.label(request_id, index)
 
     def flush(self) -> int:
         """Write buffered records and feedback to new Parquet files; return the rows written."""
         records = _drain(self._pending)
-        feedback = _drain(self._feedback)
+        self.feedback.prune()
+        feedback = self.feedback.drain()
         rows = [row for record in records for row in _rows_of(record)]
         with self._lock:
             for row in rows:
@@ -110,20 +128,18 @@ class PredictionLog:
                 if key not in self._windows:
                     self._windows[key] = deque(maxlen=self.window_rows)
                 self._windows[key].append(row)
-            for fb in feedback:
-                self._labels[(fb["request_id"], fb["index"])] = fb["label"]
         if rows:
             self._write(PREDICTIONS, [_to_columns(r) for r in rows])
         if feedback:
-            self._write(FEEDBACK, feedback)
-        if rows or feedback:
-            self.enforce_retention()
+            self._write(FEEDBACK, [f.to_row() for f in feedback], at=max(f.timestamp for f in feedback))
+        self.enforce_retention()
         return len(rows)
 
     def enforce_retention(self, now: float | None = None) -> None:
-        """Delete files past ``retention_s``, then the oldest while over ``max_log_bytes``."""
-        now = time.time() if now is None else now
-        files = sorted(self.folder.glob("*/part-*.parquet"), key=lambda p: p.stat().st_mtime)
+        """Delete prediction files past ``retention_s``, then the oldest while over
+        ``max_log_bytes``; delete feedback files whose every label the store has dropped."""
+        now = self.clock() if now is None else now
+        files = sorted(self.folder.glob(f"{PREDICTIONS}/part-*.parquet"), key=lambda p: p.stat().st_mtime)
         kept = []
         for path in files:
             if now - path.stat().st_mtime > self.retention_s:
@@ -135,15 +151,19 @@ class PredictionLog:
             oldest = kept.pop(0)
             total -= oldest.stat().st_size
             oldest.unlink(missing_ok=True)
+        for path in self.folder.glob(f"{FEEDBACK}/part-*.parquet"):
+            if _written_at(path) <= self.feedback.floor:
+                path.unlink(missing_ok=True)
 
-    def _write(self, kind: str, rows: list[dict[str, Any]]) -> None:
+    def _write(self, kind: str, rows: list[dict[str, Any]], *, at: float | None = None) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         folder = self.folder / kind
         folder.mkdir(parents=True, exist_ok=True)
         self._seq += 1
-        name = f"part-{time.time_ns()}-{self._seq:06d}.parquet"
+        # The name starts with the time of its newest row (nanoseconds), which retention reads.
+        name = f"part-{round((self.clock() if at is None else at) * 1e9)}-{self._seq:06d}.parquet"
         tmp = folder / f".{name}.tmp"
         pq.write_table(pa.Table.from_pylist(rows), tmp)
         tmp.replace(folder / name)
@@ -176,6 +196,14 @@ def rows_from_frame(frame: Any) -> list[LoggedInput]:
         )
         for r in frame.itertuples(index=False)
     ]
+
+
+def _written_at(path: Path) -> float:
+    """The time in a log file's name (``part-<ns>-<seq>.parquet``), in seconds."""
+    try:
+        return int(path.name.split("-")[1]) / 1e9
+    except (IndexError, ValueError):
+        return float("inf")  # not a name this log wrote: never deleted by its time
 
 
 def _drain(queue: deque[Any]) -> list[Any]:

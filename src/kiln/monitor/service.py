@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from kiln.monitor.alerts import FIRING, AlertEngine, AlertEvent, AlertHistory
+from kiln.monitor.alerts import FIRING, AlertEngine, AlertEvent, AlertHistory, WebhookPolicy
 from kiln.monitor.config import AlertRuleConfig, MonitorConfig, monitor_dir
 from kiln.monitor.predlog import PredictionLog
 from kiln.monitor.profile import read_profile
@@ -30,10 +30,32 @@ logger = logging.getLogger(__name__)
 class Monitor:
     """The monitoring state of one server process."""
 
-    def __init__(self, config: MonitorConfig, *, repository: Any, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: MonitorConfig,
+        *,
+        repository: Any,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.config = config
         self.repository = repository
         self.folder = monitor_dir(config)
+        registry = registry or CollectorRegistry()
+        self.feedback_dropped = Counter(
+            "kiln_feedback_dropped",
+            "Feedback labels dropped from the store, by reason (size: over max_feedback_rows; "
+            "age: older than feedback_retention_s).",
+            ["reason"],
+            registry=registry,
+        )
+        self.webhook_failures = Counter(
+            "kiln_webhook_failures",
+            "Alert webhook calls that failed after every attempt, by rule.",
+            ["rule"],
+            registry=registry,
+        )
         self.log = PredictionLog(
             self.folder,
             sample_rate=config.sample_rate,
@@ -41,14 +63,24 @@ class Monitor:
             window_rows=config.window_rows,
             max_log_bytes=config.max_log_bytes,
             retention_s=config.retention_s,
+            max_feedback_rows=config.max_feedback_rows,
+            feedback_retention_s=config.feedback_retention_s,
+            on_feedback_drop=lambda reason, n: self.feedback_dropped.labels(reason).inc(n),
+            clock=clock,
         )
         self.history = AlertHistory(self.folder / "alerts.sqlite")
         self.alerts = AlertEngine(
             list(config.rules),
             history=self.history,
             webhook_url=config.webhook_url,
-            webhook_timeout_s=config.webhook_timeout_s,
+            webhook=WebhookPolicy(
+                timeout_s=config.webhook_timeout_s,
+                attempts=config.webhook_attempts,
+                backoff_s=config.webhook_backoff_s,
+                sleep=sleep,
+            ),
             on_event=self._on_alert,
+            on_webhook_failure=lambda rule: self.webhook_failures.labels(rule).inc(),
         )
         self.reports: dict[tuple[str, int], WindowReport] = {}
         self.actions: list[Callable[[AlertEvent, AlertRuleConfig], None]] = []  # e.g. the retrain loop
@@ -56,7 +88,6 @@ class Monitor:
         self._profiles: dict[Path, dict[str, Any] | None] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        registry = registry or CollectorRegistry()
         self.drift_score = Gauge(
             "kiln_drift_score",
             "Drift of a statistic against the training reference (p-value for tests, distance otherwise).",
@@ -73,6 +104,7 @@ class Monitor:
             self.event_loop = asyncio.get_running_loop()
         except RuntimeError:
             self.event_loop = None
+        self.log.restore_feedback()
         self.repository.observers.append(self.log.observe)
         self._thread = threading.Thread(target=self._run, name="kiln-monitor", daemon=True)
         self._thread.start()

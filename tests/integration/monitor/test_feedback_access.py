@@ -1,4 +1,4 @@
-"""Feedback over real HTTP: who may send it."""
+"""Feedback over real HTTP: who may send it, and the bounded store's drop counter."""
 
 from __future__ import annotations
 
@@ -61,3 +61,12 @@ def test_feedback_needs_the_feedback_role_or_stronger(text_package: Path, tmp_pa
     assert "feedback role required, reader-user is reader" in refused.json()["error"]
     stored = read_log(tmp_path / "log", FEEDBACK)
     assert list(stored["label"]) == ["neg", "pos"], "only the feedback and writer labels are stored"
+
+
+def test_feedback_dropped_past_the_store_size_shows_in_metrics(text_package: Path, tmp_path: Path) -> None:
+    config = _config(text_package, tmp_path / "log", monitor={"max_feedback_rows": 3})
+    with serving(config) as srv:
+        for i in range(5):
+            assert srv.post("/v1/models/s/feedback", {"request_id": f"r{i}", "label": "pos"}).status_code == 202
+        metrics = srv.get("/metrics").text
+    assert 'kiln_feedback_dropped_total{reason="size"} 2.0' in metrics
