@@ -173,15 +173,15 @@ class AlertEngine:
             event.value,
         )
         self.history.add(event)
-        for url in {u for u in (self.webhook_url, rule.webhook_url) if u}:
-            is_delivered = post_webhook(url, event.to_json(), policy=self.webhook)
-            if not is_delivered and self.on_webhook_failure is not None:
-                self.on_webhook_failure(rule.name)
-        if self.on_event is not None:
+        if self.on_event is not None:  # before the webhooks, whose retries may take a while
             try:
                 self.on_event(event, rule)
             except Exception:
                 logger.exception("alert action of rule %s failed", rule.name)
+        for url in {u for u in (self.webhook_url, rule.webhook_url) if u}:
+            is_delivered = post_webhook(url, event.to_json(), policy=self.webhook)
+            if not is_delivered and self.on_webhook_failure is not None:
+                self.on_webhook_failure(rule.name)
 
 
 def post_webhook(url: str, payload: dict[str, Any], *, policy: WebhookPolicy) -> bool:

@@ -100,6 +100,7 @@ class PredictionLog:
             Feedback(float(r.timestamp), str(r.model), str(r.request_id), int(r.index), str(r.label))
             for r in frame.itertuples(index=False)
         )
+        self.enforce_retention()  # files holding only labels that expired while the server was down
         return len(self.feedback)
 
     def window(self, model: str, version: int) -> list[LoggedInput]:
@@ -119,7 +120,7 @@ class PredictionLog:
     def flush(self) -> int:
         """Write buffered records and feedback to new Parquet files; return the rows written."""
         records = _drain(self._pending)
-        self.feedback.prune()
+        aged = self.feedback.prune()
         feedback = self.feedback.drain()
         rows = [row for record in records for row in _rows_of(record)]
         with self._lock:
@@ -132,7 +133,8 @@ class PredictionLog:
             self._write(PREDICTIONS, [_to_columns(r) for r in rows])
         if feedback:
             self._write(FEEDBACK, [f.to_row() for f in feedback], at=max(f.timestamp for f in feedback))
-        self.enforce_retention()
+        if rows or feedback or aged:
+            self.enforce_retention()
         return len(rows)
 
     def enforce_retention(self, now: float | None = None) -> None:

@@ -232,6 +232,9 @@ class TokenGate:
         if token is None and is_dashboard_read:
             token = _cookie(headers.get("cookie"), TOKEN_COOKIE)
         if token is None or self.verifier(token) is None:
+            if scope["type"] == "websocket":  # closing before accepting makes the server answer 403
+                await send({"type": "websocket.close", "code": 1008})
+                return
             response = JSONResponse(
                 {self.error_key: "a valid bearer token is required (Authorization: Bearer ...)"},
                 status_code=401,

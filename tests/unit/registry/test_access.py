@@ -65,3 +65,26 @@ def test_registry_verifier_caches_answers_until_they_expire() -> None:
         now[0] = 5.0
         assert verify(secret) is None
         assert verify("kiln_0_unknown") is None
+
+
+def test_token_gate_closes_a_websocket_without_a_token() -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    from kiln.registry.access import TokenGate
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("open")
+        await websocket.close()
+
+    app = TokenGate(
+        Starlette(routes=[WebSocketRoute("/ws", echo)]), verifier=token_verifier(["t0k"]), open_paths=()
+    )
+    client = TestClient(app)
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws"):
+        pass
+    with client.websocket_connect("/ws", headers={"Authorization": "Bearer t0k"}) as ws:
+        assert ws.receive_text() == "open"
