@@ -84,3 +84,32 @@ def test_serve_registry_uploads_are_not_held_to_the_inference_body_limit(tmp_pat
         predicted = server.post("/v1/models/digits:predict", {"inputs": [[0] * 64] * 5000})
     assert uploaded.status_code == 201, uploaded.text
     assert predicted.status_code == 413
+
+
+def test_serve_public_bind_with_a_token_file_takes_registry_tokens_on_the_registry_api(tmp_path: Path) -> None:
+    package = make_image_package(tmp_path / "digits")
+    with Registry() as registry:
+        registry.register(package, name="digits")
+        registry.store.create_user("ana", "reader")
+        _, secret = registry.store.create_token("ana")
+    token_file = tmp_path / "tokens"
+    token_file.write_text("file-token\n")
+    config = ServeConfig(
+        models=[ModelConfig(name="digits", versions={1: str(package)})],
+        registry_api=True,
+        token_file=token_file,
+        host="0.0.0.0",
+    )
+    with serving(config) as server:
+        anonymous = server.get("/registry/models")
+        listed = server.get("/registry/models", headers={"Authorization": f"Bearer {secret}"})
+        by_file_token = server.get("/registry/models", headers={"Authorization": "Bearer file-token"})
+        predicted = server.post("/v1/models/digits:predict", {"inputs": [[0] * 64]},
+                                headers={"Authorization": "Bearer file-token"})
+        registry_token_predicts = server.post("/v1/models/digits:predict", {"inputs": [[0] * 64]},
+                                              headers={"Authorization": f"Bearer {secret}"})
+    assert anonymous.status_code == 401
+    assert listed.status_code == 200 and [m["name"] for m in listed.json()] == ["digits"]
+    assert by_file_token.status_code == 401, "the registry API takes only the registry's tokens"
+    assert predicted.status_code == 200
+    assert registry_token_predicts.status_code == 401, "without --registry-tokens they stay the registry's"

@@ -20,7 +20,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kiln.registry.access import TokenGate, TokenVerifier, is_loopback, service_verifier
+from kiln.registry.access import (
+    TokenGate,
+    TokenVerifier,
+    any_verifier,
+    is_loopback,
+    registry_verifier,
+    service_verifier,
+)
 from kiln.serve.config import ServeConfig
 from kiln.serve.handling import HTTPProblem, InferenceService
 from kiln.serve.metrics import ServeMetrics
@@ -145,8 +152,13 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
     app.add_middleware(EarlyShed, service=service)
     if is_public:
         assert verifier is not None  # service_verifier refused a public bind without tokens
+        gate_verifier = verifier
+        if registry is not None and config.registry_api and not config.registry_tokens:
+            # The mounted registry API takes the registry's tokens (and checks their roles itself)
+            # even where the server's own routes take only the token file's.
+            gate_verifier = any_verifier([verifier, registry_verifier(registry.store)]) or verifier
         # Outermost, so that a request without a token is refused before its body is read.
-        app.add_middleware(TokenGate, verifier=verifier, open_paths=HEALTH_PATHS)
+        app.add_middleware(TokenGate, verifier=gate_verifier, open_paths=HEALTH_PATHS)
     return app
 
 
