@@ -74,7 +74,7 @@ def _launch_workers(
     from kiln.train.distributed import launch
 
     # Fail fast, with exit code 2, on refused settings or bad data before starting workers.
-    check_recipe(cfg, resume=resume)
+    check_recipe(cfg, resume=resume, processes=nproc_per_node * nnodes)
     kiln.data.run(cfg)
     return launch(
         argv,

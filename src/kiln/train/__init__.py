@@ -40,18 +40,22 @@ def run_dir_for(recipe: Recipe) -> Path:
     return kiln_home() / "runs" / recipe.name
 
 
-def check_recipe(recipe: Recipe, *, resume: bool = False) -> None:
+def check_recipe(recipe: Recipe, *, resume: bool = False, processes: int = 1) -> None:
     """Refuse what this recipe's trainer cannot honour, before anything is built or written.
 
+    Args:
+        processes: how many training processes take part, on all machines together.
+
     Raises:
-        ConfigError: a recommender recipe with classifier-only settings, or asked to resume.
+        ConfigError: a recommender recipe with classifier-only settings, asked to resume, or
+            given more than one process.
     """
     from kiln.data.interactions import is_recommendation_dataset
 
     if is_recommendation_dataset(recipe.data.dataset):
         from kiln.train import recommend
 
-        recommend.check_settings(recipe, resume=resume)
+        recommend.check_settings(recipe, resume=resume, processes=processes)
 
 
 def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
@@ -64,7 +68,8 @@ def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
 
     from kiln.data.interactions import is_recommendation_dataset
 
-    check_recipe(recipe, resume=resume)
+    # A worker torchrun started by hand sees the run's size only in WORLD_SIZE.
+    check_recipe(recipe, resume=resume, processes=int(os.environ.get("WORLD_SIZE", "1")))
     if is_recommendation_dataset(recipe.data.dataset):
         return _run_recommendation(recipe)
 

@@ -104,14 +104,22 @@ def run(recipe: Recipe, run_dir: Path) -> RecommendFit:
     return RecommendFit(package_dir=package_dir, metrics=best, steps=steps, samples_per_s=samples_per_s)
 
 
-def check_settings(recipe: Recipe, *, resume: bool = False) -> None:
-    """Refuse the classifier-only training settings, and resuming, before anything is built or written."""
+def check_settings(recipe: Recipe, *, resume: bool = False, processes: int = 1) -> None:
+    """Refuse the classifier-only training settings, resuming and several processes, before
+    anything is built or written."""
     if resume:
         # Recommender training keeps no checkpoints (an epoch takes seconds), so there is nothing
         # to continue from; starting again with the same seed gives the same package.
         raise ConfigError(
             "resume: recommender training keeps no checkpoints, so it cannot resume; "
             "train again without --resume (the same seed gives the same package)"
+        )
+    if processes != 1:
+        # The recommender trains in one process with no process group: each of several workers
+        # would train the whole model alone and all of them would write the same package.
+        raise ConfigError(
+            f"--nproc-per-node/--nnodes: recommender training runs in a single process, got {processes} "
+            "processes; train it without --nproc-per-node and --nnodes (one process takes seconds)"
         )
     t = recipe.train
     given = [
