@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from kiln.registry import Lineage, Registry
+    from kiln.registry.archives import ArchiveLimits
 
 app = typer.Typer(
     help="The model registry: versions, aliases, lineage, artifacts.", no_args_is_help=True
@@ -217,13 +218,38 @@ def export(
 def import_(
     ctx: typer.Context,
     source: Annotated[Path, typer.Argument(help="Folder or .tar.gz from `kiln registry export`")],
+    max_upload_bytes: Annotated[
+        int | None, typer.Option(help="Largest .tar.gz export read, in bytes (default 2 GiB)")
+    ] = None,
+    max_unpacked_bytes: Annotated[
+        int | None, typer.Option(help="Most bytes a .tar.gz export may unpack to (default 8 GiB)")
+    ] = None,
+    max_archive_entries: Annotated[
+        int | None, typer.Option(help="Most files and folders in a .tar.gz export (default 10000)")
+    ] = None,
 ) -> None:
-    """Import an export; versions already held are skipped."""
+    """Import an export; versions already held are skipped. An archive past a limit is refused."""
     from kiln.registry.transfer import import_models
 
-    with user_errors(), _open(ctx) as registry:
-        for ref in import_models(registry, source):
-            typer.echo(ref)
+    with user_errors():
+        limits = _archive_limits(max_upload_bytes, max_unpacked_bytes, max_archive_entries)
+        with _open(ctx) as registry:
+            for ref in import_models(registry, source, limits=limits):
+                typer.echo(ref)
+
+
+def _archive_limits(
+    max_upload_bytes: int | None, max_unpacked_bytes: int | None, max_archive_entries: int | None
+) -> ArchiveLimits:
+    """The limits given on the command line, with ``ArchiveLimits``'s defaults for the others."""
+    from kiln.registry.archives import ArchiveLimits
+
+    given = {
+        "max_upload_bytes": max_upload_bytes,
+        "max_unpacked_bytes": max_unpacked_bytes,
+        "max_archive_entries": max_archive_entries,
+    }
+    return ArchiveLimits(**{k: v for k, v in given.items() if v is not None})
 
 
 @app.command("migrate")
@@ -264,16 +290,10 @@ def serve(
     """Serve the registry's HTTP API (OpenAPI at /docs)."""
     import uvicorn
 
-    from kiln.registry.archives import ArchiveLimits
     from kiln.registry.http import create_app
 
     with user_errors(), _open(ctx) as registry:
-        given = {
-            "max_upload_bytes": max_upload_bytes,
-            "max_unpacked_bytes": max_unpacked_bytes,
-            "max_archive_entries": max_archive_entries,
-        }
-        limits = ArchiveLimits(**{k: v for k, v in given.items() if v is not None})
+        limits = _archive_limits(max_upload_bytes, max_unpacked_bytes, max_archive_entries)
         app = create_app(registry, is_read_open=open_reads, limits=limits, host=host)
         uvicorn.run(app, host=host, port=port)
 

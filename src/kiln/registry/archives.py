@@ -1,10 +1,12 @@
-"""Package archives over HTTP: received, unpacked and sent in bounded chunks, never whole in memory.
+"""Package archives over HTTP and registry export archives: received, unpacked and sent in bounded
+chunks, never whole in memory.
 
 An upload is counted while it is read and written to a file, and refused as soon as it passes
-``max_upload_bytes``. Unpacking refuses, before writing anything past the limit, an archive that
+``max_upload_bytes``. Unpacking (an upload, or an export ``kiln registry import`` reads) refuses an
+archive file over ``max_upload_bytes`` and, before writing anything past the limit, one that
 decompresses to more than ``max_unpacked_bytes`` or holds more than ``max_archive_entries`` entries, and
-any entry that is not a plain file or folder inside the package. A download is a ``.tar.gz``
-generated chunk by chunk from the package's files.
+any entry that is not a plain file or folder inside the folder it unpacks to. A download is a
+``.tar.gz`` generated chunk by chunk from the package's files.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ _TAR_RECORD = tarfile.RECORDSIZE
 
 @dataclass(frozen=True)
 class ArchiveLimits:
-    """Bounds on one uploaded package archive."""
+    """Bounds on one package archive uploaded, or one export archive imported."""
 
-    # Largest request body (the compressed archive) accepted, in bytes.
+    # Largest compressed archive accepted (an upload's request body, or an export file), in bytes.
     max_upload_bytes: int = 2 << 30
     # Most bytes the archive may decompress to (tar headers and file contents together).
     max_unpacked_bytes: int = 8 << 30
@@ -47,11 +49,11 @@ class ArchiveLimits:
 
 
 class ArchiveTooLargeError(RegistryError):
-    """An upload over a size or entry-count limit (HTTP 413)."""
+    """An archive over a size or entry-count limit (HTTP 413)."""
 
 
 class BadArchiveError(RegistryError):
-    """An upload that is not a ``.tar.gz`` of plain files and folders (HTTP 400)."""
+    """An archive that is not a ``.tar.gz`` of plain files and folders (HTTP 400)."""
 
 
 async def receive_archive(chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: int) -> int:
@@ -65,7 +67,7 @@ async def receive_archive(chunks: AsyncIterable[bytes], dest: Path, *, max_bytes
         async for chunk in chunks:
             size += len(chunk)
             if size > max_bytes:
-                raise ArchiveTooLargeError(f"package archive larger than the limit of {max_bytes} bytes")
+                raise ArchiveTooLargeError(f"archive larger than the limit of {max_bytes} bytes")
             out.write(chunk)
     return size
 
@@ -74,9 +76,15 @@ def unpack_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
     """Unpack a ``.tar.gz`` of plain files and folders into the new folder ``dest``.
 
     Raises:
-        ArchiveTooLargeError: over ``max_unpacked_bytes`` or ``max_archive_entries``.
+        ArchiveTooLargeError: over ``max_upload_bytes`` (the file), ``max_unpacked_bytes`` or
+            ``max_archive_entries``.
         BadArchiveError: not a gzip tar, or an entry that is a link, a device or outside ``dest``.
     """
+    size = archive.stat().st_size
+    if size > limits.max_upload_bytes:
+        raise ArchiveTooLargeError(
+            f"archive of {size} bytes is larger than the limit of {limits.max_upload_bytes} bytes"
+        )
     dest.mkdir()
     try:
         with gzip.open(archive, "rb") as raw:
@@ -84,7 +92,7 @@ def unpack_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
             with tarfile.open(fileobj=bounded, mode="r:") as tar:
                 _extract_members(tar, dest, limits)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise BadArchiveError(f"body is not a .tar.gz package archive: {exc}") from exc
+        raise BadArchiveError(f"not a .tar.gz archive: {exc}") from exc
 
 
 def _extract_members(tar: tarfile.TarFile, dest: Path, limits: ArchiveLimits) -> None:
@@ -92,12 +100,12 @@ def _extract_members(tar: tarfile.TarFile, dest: Path, limits: ArchiveLimits) ->
     for member in tar:
         count += 1
         if count > limits.max_archive_entries:
-            raise ArchiveTooLargeError(f"package archive holds more than {limits.max_archive_entries} entries")
+            raise ArchiveTooLargeError(f"archive holds more than {limits.max_archive_entries} entries")
         _check_member(member)
         unpacked += member.size
         if unpacked > limits.max_unpacked_bytes:
             raise ArchiveTooLargeError(
-                f"package archive unpacks to more than the limit of {limits.max_unpacked_bytes} bytes "
+                f"archive unpacks to more than the limit of {limits.max_unpacked_bytes} bytes "
                 f"(at {member.name!r})"
             )
         tar.extract(member, dest, filter="data")
@@ -110,7 +118,7 @@ def _check_member(member: tarfile.TarInfo) -> None:
         )
     parts = [p for p in member.name.split("/") if p not in ("", ".")]
     if member.name.startswith("/") or "\\" in member.name or ".." in parts:
-        raise BadArchiveError(f"archive entry {member.name!r} lies outside the package folder")
+        raise BadArchiveError(f"archive entry {member.name!r} lies outside the folder it unpacks to")
 
 
 class _BoundedReader(io.RawIOBase):
@@ -157,7 +165,7 @@ class _BoundedReader(io.RawIOBase):
         # blocks of an archive exactly at the limit readable.
         if end > self._limit + _TAR_RECORD:
             raise ArchiveTooLargeError(
-                f"package archive unpacks to more than the limit of {self._limit} bytes"
+                f"archive unpacks to more than the limit of {self._limit} bytes"
             )
 
 

@@ -2,7 +2,9 @@
 
 Layout: ``registry.json`` and ``packages/<digest>/``. Import registers each version again
 (numbers are allocated by the target registry), links lineage, recreates runs and aliases, and
-skips versions whose package the model already holds, so importing twice changes nothing.
+skips versions whose package the model already holds, so importing twice changes nothing. An
+export archive is unpacked under the same ``ArchiveLimits`` and checks as an HTTP upload, into a
+temporary folder, before anything is registered.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kiln.registry.archives import ArchiveLimits, ArchiveTooLargeError, BadArchiveError, unpack_archive
 from kiln.registry.client import Registry
 from kiln.registry.errors import RegistryError
 
@@ -75,14 +78,28 @@ def export_models(registry: Registry, names: list[str], dest: Path) -> int:
     return count
 
 
-def import_models(registry: Registry, source: Path) -> list[str]:
-    """Register every version in an export; return the references created."""
-    with tempfile.TemporaryDirectory() as tmp:
+def import_models(registry: Registry, source: Path, *, limits: ArchiveLimits | None = None) -> list[str]:
+    """Register every version in an export; return the references created.
+
+    Args:
+        source: an export folder, or a ``.tar.gz`` unpacked within ``limits`` (``ArchiveLimits()``
+            when None).
+
+    Raises:
+        ArchiveTooLargeError: the archive is over one of ``limits``; nothing is registered.
+        BadArchiveError: the archive is not a ``.tar.gz`` of plain files and folders inside it.
+        RegistryError: ``source`` is not a Kiln registry export.
+    """
+    if not source.exists():
+        raise RegistryError(f"{source}: no such export folder or archive")
+    with tempfile.TemporaryDirectory(prefix="kiln-import-") as tmp:
         folder = source
         if _is_archive(source):
-            folder = Path(tmp)
-            with tarfile.open(source, "r:gz") as tar:
-                tar.extractall(folder, filter="data")
+            folder = Path(tmp) / "export"
+            try:
+                unpack_archive(source, folder, limits or ArchiveLimits())
+            except (ArchiveTooLargeError, BadArchiveError) as exc:
+                raise type(exc)(f"{source}: {exc}") from exc
         index_path = folder / INDEX_NAME
         if not index_path.is_file():
             raise RegistryError(f"{source}: not a Kiln registry export (no {INDEX_NAME})")

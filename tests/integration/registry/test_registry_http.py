@@ -174,9 +174,9 @@ def _file(name: str, size: int) -> tarfile.TarInfo:
     ("body", "message"),
     [
         (_archive_with(_symlink("./weights.bin", "/etc/hostname")), "'./weights.bin' is not a plain file or folder"),
-        (_archive_with(_file("../escaped.bin", 4), b"evil"), "'../escaped.bin' lies outside the package folder"),
-        (_archive_with(_file("/tmp/escaped.bin", 4), b"evil"), "'/tmp/escaped.bin' lies outside the package folder"),
-        (b"not gzip at all", "body is not a .tar.gz package archive"),
+        (_archive_with(_file("../escaped.bin", 4), b"evil"), "'../escaped.bin' lies outside the folder"),
+        (_archive_with(_file("/tmp/escaped.bin", 4), b"evil"), "'/tmp/escaped.bin' lies outside the folder"),
+        (b"not gzip at all", "not a .tar.gz archive"),
     ],
     ids=["symlink", "dot-dot", "absolute", "not an archive"],
 )
