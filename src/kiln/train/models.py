@@ -53,9 +53,8 @@ def build_model(recipe: Recipe, dataset: Dataset, tokenizer_file: Path | None) -
 def prepare_tokenizer(recipe: Recipe, dataset: Dataset, dest: Path, *, reuse: bool) -> Path:
     """Write the tokenizer a text model uses to ``dest`` and return its path.
 
-    HF's WordPiece trainer breaks frequency ties in hash order, so two trainings on the same
-    text can differ; the trained tokenizer is therefore written once per run and reused on
-    resume (``reuse``) and by every data-parallel rank.
+    A trained tokenizer is the same for the same text in any process; it is still trained once
+    per run, by rank 0, and reused on resume (``reuse``) and by every data-parallel rank.
     """
     cfg = recipe.model
     if cfg.kind == "pretrained":
