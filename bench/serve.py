@@ -633,7 +633,7 @@ def bench_monitoring(model: Path, work: Path, args: argparse.Namespace) -> None:
     100 of them re-encoded). Rows of at least 30 s hold a drift pass each. The rows alternate
     off/on ``--rounds`` times to spread the noise of a shared machine.
     """
-    from kiln.monitor.profile import write_reference_profile
+    from kiln.runtime.profile import write_reference_profile
 
     rng = random.Random(1)
     texts = [" ".join(rng.choices(WORDS, k=rng.randint(4, 48))) for _ in range(256)]

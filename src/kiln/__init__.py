@@ -3,7 +3,7 @@
 Importing ``kiln`` is cheap: stages import torch and friends only when they run.
 """
 
-__version__ = "0.2.0"
+from kiln.version import __version__ as __version__
 
 
 def __getattr__(name: str) -> object:

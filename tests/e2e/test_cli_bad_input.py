@@ -138,7 +138,7 @@ def test_eval_accepts_intact_package(tmp_path: Path, trained_package: Path) -> N
 
 
 def test_predict_refuses_a_recommendation_package(tmp_path: Path) -> None:
-    from kiln.runtime.package import sha256_file
+    from kiln.checksums import sha256_file
 
     package = tmp_path / "movies"
     package.mkdir()

@@ -179,7 +179,7 @@ def measure_candidate(path: Path, examples: Examples, budget: SearchConfig) -> d
 
     import kiln.runtime
     from kiln.compress.checks import logits_of_inputs
-    from kiln.evaluate.speed import measure_speed, package_size_bytes
+    from kiln.runtime.measures import measure_speed, package_size_bytes
 
     predictor = kiln.runtime.load_classifier(path, device="cpu", num_threads=budget.num_threads, verify=False)
     index = {name: i for i, name in enumerate(predictor.labels)}
@@ -266,7 +266,7 @@ def _search_precisions(
 ) -> None:
     from kiln.compress.onnx_export import export_onnx
     from kiln.compress.quantize import quantize_onnx_dynamic
-    from kiln.evaluate.speed import package_size_bytes
+    from kiln.runtime.measures import package_size_bytes
 
     onnx_dir = out / "candidates" / f"{branch}-fp32"
     onnx_manifest = export_onnx(model, manifest, onnx_dir, cfg.onnx, examples)
@@ -301,7 +301,7 @@ def _search_precisions(
 def _finish(
     out: Path, reference: dict[str, Any], state: _State, budget: SearchConfig
 ) -> SearchResult:
-    from kiln.evaluate.compare import pareto_front
+    from kiln.runtime.measures import pareto_front
 
     rows = state.candidates
     front = pareto_front([(c["latency_p50_ms"], c["accuracy"]) for c in rows])
@@ -402,7 +402,7 @@ def _depths(layers: int, requested: tuple[int, ...] | None) -> list[int]:
 
 
 def _parameters(path: Path, manifest: dict[str, Any]) -> int:
-    from kiln.evaluate.compare import package_parameters
+    from kiln.runtime.measures import package_parameters
 
     pruned = manifest["metrics"].get("pruning", {}).get("parameters_after")
     return int(pruned) if pruned is not None else package_parameters(path)

@@ -21,9 +21,9 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiln.checksums import sha256_file
 from kiln.data.sources import package_folder
 from kiln.errors import DataError
-from kiln.runtime.package import sha256_file
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import KilnError
+from kiln.runtime.measures import package_parameters, pareto_front
 from kiln.runtime.package import MANIFEST_NAME
 
 TABLE_COLUMNS = (
@@ -63,49 +64,6 @@ def lineage_packages(folder: str | Path) -> list[Path]:
             ancestors.insert(0, parent)
             parent = _parent_path(parent)
     return ancestors + found
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the (latency, accuracy) points that no other point dominates, fastest first.
-
-    A point is dominated when another is at least as fast and at least as accurate, and
-    strictly better in one of the two.
-    """
-    front = []
-    for i, (lat, acc) in enumerate(points):
-        dominated = any(
-            (o_lat <= lat and o_acc >= acc) and (o_lat < lat or o_acc > acc)
-            for j, (o_lat, o_acc) in enumerate(points)
-            if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
-
-
-def package_parameters(path: str | Path) -> int:
-    """Number of stored weight values of a package (int8 weights count one each)."""
-    from kiln.runtime.package import read_manifest
-
-    folder = Path(path)
-    manifest = read_manifest(folder, verify=False)
-    arch = manifest["architecture"]
-    if manifest["format"] == "onnx":
-        import numpy as np
-        import onnx
-
-        graph = onnx.load(str(folder / arch["file"]), load_external_data=False).graph
-        return int(sum(int(np.prod(t.dims)) for t in graph.initializer))
-    from safetensors import safe_open
-
-    with safe_open(str(folder / arch["weights"]), framework="np") as weights:
-        return int(
-            sum(
-                _numel(weights.get_slice(k).get_shape())
-                for k in weights.keys()  # noqa: SIM118 - safe_open has no __iter__
-                if not k.endswith("position_ids")
-            )
-        )
 
 
 def compare_packages(
@@ -259,10 +217,3 @@ def _parent_path(package: Path) -> Path | None:
     if isinstance(parent, dict) and parent.get("path"):
         return Path(parent["path"])
     return None
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for dim in shape:
-        n *= int(dim)
-    return n

@@ -24,7 +24,7 @@ router = APIRouter(tags=["monitoring"])
 
 
 def _monitor(request: Request, needed: Role = Role.READER) -> Any:
-    from kiln.serve.handling import HTTPProblem
+    from kiln.errors import HTTPProblem
 
     service = request.app.state.service
     service.authorize(request.headers.get("authorization"), needed=needed)
@@ -41,7 +41,7 @@ async def feedback(name: str, body: FeedbackRequest, request: Request) -> dict[s
     Labels drive retraining, so with tokens this needs a feedback (or writer) token: a
     reader token, enough to call the model, must not choose its next version's training data.
     """
-    from kiln.serve.handling import HTTPProblem
+    from kiln.errors import HTTPProblem
 
     monitor = _monitor(request, Role.FEEDBACK)
     entry = (

@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from kiln.monitor.alerts import FIRING, AlertEngine, AlertEvent, AlertHistory, WebhookPolicy
 from kiln.monitor.config import AlertRuleConfig, MonitorConfig, monitor_dir
 from kiln.monitor.predlog import PredictionLog
-from kiln.monitor.profile import read_profile
 from kiln.monitor.window import WindowReport, evaluate_window
+from kiln.runtime.profile import read_profile
 
 logger = logging.getLogger(__name__)
 

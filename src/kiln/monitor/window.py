@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from kiln.monitor.drift import ColumnDrift, categorical_drift, histogram_drift, numeric_drift
-from kiln.monitor.features import numeric_features, pixel_counts
 from kiln.monitor.predlog import LoggedInput
-from kiln.monitor.profile import projection_of
 from kiln.runtime import Predictor
+from kiln.runtime.features import numeric_features, pixel_counts
+from kiln.runtime.profile import projection_of
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def _drift_columns(
         projection = projection_of(profile)
         if projection is not None and embed_rows > 0:
             sample = inputs[-embed_rows:]
-            from kiln.monitor.features import embeddings_of
+            from kiln.runtime.features import embeddings_of
 
             emb = embeddings_of(predictor, sample)
             if emb is not None:

@@ -221,7 +221,7 @@ class Registry:
     ) -> Run:
         """Record a run; pass it to ``register(..., run=run)`` for each package it makes."""
         if not code_version:
-            from kiln import __version__
+            from kiln.version import __version__
 
             code_version = f"kiln {__version__}"
         return self.store.create_run(

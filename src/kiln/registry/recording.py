@@ -26,7 +26,7 @@ _SERIES_PREFIX = {"train": "train", "eval": "validation"}
 
 def code_version() -> str:
     """Kiln's version, with ``git describe`` of its source tree when that is a git checkout."""
-    from kiln import __version__
+    from kiln.version import __version__
 
     source = Path(__file__).resolve().parent
     try:

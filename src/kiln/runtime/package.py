@@ -21,22 +21,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from kiln.checksums import sha256_file
 from kiln.errors import PackageError
 
 MANIFEST_NAME = "kiln.json"
 SCHEMA_VERSION = 1
-_HASH_CHUNK_BYTES = 1 << 20
 # A Windows drive ("C:") or any character that is not part of a plain POSIX file name.
 _UNSAFE_NAME = re.compile(r"^[A-Za-z]:|[\\\x00-\x1f]")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_HASH_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def hash_files(folder: Path) -> dict[str, str]:
@@ -190,7 +181,7 @@ def staged_package(dest: str | Path) -> Iterator[Path]:
 
 def finalize_package(staging: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Hash the staged files, add schema/version/file list to ``manifest`` and write it."""
-    from kiln import __version__
+    from kiln.version import __version__
 
     full = dict(manifest)
     full["schema_version"] = SCHEMA_VERSION

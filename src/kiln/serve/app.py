@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kiln.errors import HTTPProblem
 from kiln.registry.access import (
     TokenGate,
     TokenVerifier,
@@ -29,7 +30,7 @@ from kiln.registry.access import (
     service_verifier,
 )
 from kiln.serve.config import ServeConfig
-from kiln.serve.handling import HTTPProblem, InferenceService
+from kiln.serve.handling import InferenceService
 from kiln.serve.metrics import ServeMetrics
 from kiln.serve.repository import ModelRepository
 
@@ -50,8 +51,8 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
     Raises:
         ConfigError: a non-loopback bind without tokens, or an unreadable token file.
     """
-    from kiln import __version__
     from kiln.serve import apps, recommend, rest, v2
+    from kiln.version import __version__
 
     registry = None
     if config.registry_api or config.registry_tokens:

@@ -14,8 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from kiln.errors import KilnError
-from kiln.serve.handling import HTTPProblem
+from kiln.errors import HTTPProblem, KilnError
 from kiln.serve.rest import ERRORS, service_of
 
 router = APIRouter(tags=["Applications"], responses=ERRORS)

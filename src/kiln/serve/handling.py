@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kiln.errors import HTTPProblem
 from kiln.registry.access import TokenVerifier, bearer_token
 from kiln.registry.domain import Role
 from kiln.runtime.preprocessing import InputError
@@ -29,16 +30,6 @@ from kiln.serve.repository import (
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
 REQUEST_ID_HEADER = "x-request-id"
-
-
-class HTTPProblem(Exception):
-    """An error answered as ``{"error": message}`` with an HTTP status (and headers)."""
-
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = dict(headers or {})
 
 
 @dataclass

@@ -12,8 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from kiln.errors import HTTPProblem
 from kiln.runtime.recommender import MAX_K, RecommendQuery
-from kiln.serve.handling import HTTPProblem
 from kiln.serve.rest import ERRORS, service_of
 
 router = APIRouter(tags=["REST"], responses=ERRORS)

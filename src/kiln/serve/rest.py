@@ -11,8 +11,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from kiln.errors import HTTPProblem
 from kiln.registry.domain import Role
-from kiln.serve.handling import HTTPProblem, InferenceService, load_problem
+from kiln.serve.handling import InferenceService, load_problem
 from kiln.serve.models import ModelLoadError
 from kiln.serve.repository import UnknownModelError
 

@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from kiln.errors import HTTPProblem
 from kiln.runtime.preprocessing import InputError
-from kiln.serve.handling import HTTPProblem
 from kiln.serve.protocol import (
     InferRequest,
     InferResponse,
@@ -28,7 +28,7 @@ router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"], responses=
 @router.get("")
 async def server_metadata(request: Request) -> dict[str, Any]:
     """Server name, version and protocol extensions."""
-    from kiln import __version__
+    from kiln.version import __version__
 
     service_of(request)
     return {"name": "kiln", "version": __version__, "extensions": []}

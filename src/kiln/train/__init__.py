@@ -74,8 +74,8 @@ def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
         return _run_recommendation(recipe)
 
     import kiln.data
-    from kiln.monitor.profile import write_reference_profile
     from kiln.runtime.preprocessing import ImagePreprocessor, TextPreprocessor
+    from kiln.runtime.profile import write_reference_profile
     from kiln.runtime.weights import write_torch_package
     from kiln.train.distributed import barrier, init_from_env, shutdown
     from kiln.train.features import ImageFeatures, TextFeatures

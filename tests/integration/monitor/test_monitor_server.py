@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kiln.monitor.predlog import read_log
-from kiln.monitor.profile import write_reference_profile
+from kiln.runtime.profile import write_reference_profile
 from kiln.serve.config import ModelConfig, ServeConfig
 from tests.conftest import SENTENCES
 from tests.integration.monitor.webhook import webhook_receiver

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.monitor.profile import write_reference_profile
+from kiln.runtime.profile import write_reference_profile
 from kiln.serve.config import ModelConfig, ServeConfig
 from tests.conftest import SENTENCES
 from tests.helpers import tiny_text_recipe, write_recipe

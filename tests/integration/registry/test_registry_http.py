@@ -15,9 +15,9 @@ import httpx
 import pytest
 import uvicorn
 
+from kiln.checksums import sha256_file
 from kiln.registry import Registry, Role
 from kiln.registry.http import create_app
-from kiln.runtime.package import sha256_file
 
 
 def free_port() -> int:

@@ -7,28 +7,13 @@ import kiln.compress
 import kiln.evaluate
 from kiln.compress import Examples
 from kiln.errors import KilnError
-from kiln.evaluate.compare import CompareError, compare_packages, lineage_packages, pareto_front
+from kiln.evaluate.compare import CompareError, compare_packages, lineage_packages
+from kiln.runtime.measures import pareto_front
 from tests.helpers import kiln_cli
 
 pytestmark = pytest.mark.timeout(180)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.mark.parametrize(
-    ("points", "front"),
-    [
-        # (latency ms, accuracy): c is dominated by b (faster and as accurate), e by a.
-        ([(10.0, 0.90), (5.0, 0.88), (6.0, 0.88), (2.0, 0.80), (12.0, 0.85)], [3, 1, 0]),
-        ([(1.0, 0.5)], [0]),
-        ([(3.0, 0.9), (3.0, 0.9)], [0, 1]),  # equal points do not dominate each other
-        ([(1.0, 0.9), (2.0, 0.95), (3.0, 0.99)], [0, 1, 2]),
-    ],
-)
-def test_pareto_front_keeps_only_undominated_points(
-    points: list[tuple[float, float]], front: list[int]
-) -> None:
-    assert pareto_front(points) == front
 
 
 def test_eval_speed_reports_latency_throughput_size_and_memory(

@@ -9,9 +9,9 @@ import pytest
 
 from kiln.monitor.drift import ColumnDrift, categorical_drift, histogram_drift, numeric_drift
 from kiln.monitor.predlog import LoggedInput, PredictionLog
-from kiln.monitor.profile import build_profile
 from kiln.monitor.window import evaluate_window
 from kiln.runtime import load_classifier
+from kiln.runtime.profile import build_profile
 
 
 @pytest.mark.parametrize("reference_rows", [200, 1000, 5000])

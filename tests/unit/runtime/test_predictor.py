@@ -77,7 +77,7 @@ def test_predict_image_rejects_wrong_pixel_count(image_package: Path) -> None:
 
 def _recommendation_manifest_only(folder: Path) -> Path:
     """A folder whose verified manifest says ``recommendation`` (its weights are never reached)."""
-    from kiln.runtime.package import sha256_file
+    from kiln.checksums import sha256_file
 
     folder.mkdir()
     (folder / "users.csv").write_text("user_id\n1\n")

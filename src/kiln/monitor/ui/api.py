@@ -40,7 +40,7 @@ async def index() -> FileResponse:
 
 @router.get("/api/{panel}")
 def panel(panel: str, request: Request) -> Any:
-    from kiln.serve.handling import HTTPProblem
+    from kiln.errors import HTTPProblem
 
     data = _data(request)
     readers = {
@@ -78,7 +78,7 @@ def create_ui_app(
     """
     from fastapi.responses import JSONResponse
 
-    from kiln.serve.handling import HTTPProblem
+    from kiln.errors import HTTPProblem
 
     require_tokens(
         host,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from kiln.runtime import Predictor
+from kiln.runtime.predictor import Predictor
 from kiln.runtime.preprocessing import ImagePreprocessor, TextPreprocessor
 
 PIXEL_BINS = 16  # pixel-intensity histogram bins on the 0..1 scale

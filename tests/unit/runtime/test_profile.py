@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kiln.monitor.profile import PROFILE_NAME, read_profile, write_reference_profile
 from kiln.runtime import load, read_manifest
+from kiln.runtime.profile import PROFILE_NAME, read_profile, write_reference_profile
 from tests.conftest import SENTENCES
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from kiln.monitor.features import Projection, embeddings_of, fit_projection, numeric_features, pixel_counts
-from kiln.runtime import Predictor
+from kiln.runtime.features import Projection, embeddings_of, fit_projection, numeric_features, pixel_counts
+from kiln.runtime.predictor import Predictor
 
 PROFILE_NAME = "reference_profile.json"
 PROFILE_SCHEMA = 1
@@ -60,8 +60,9 @@ def write_reference_profile(package_dir: str | Path, inputs: Sequence[Any]) -> d
 
     The manifest gains ``reference_profile`` and the file's sha256 in ``files``.
     """
-    from kiln.runtime import load_classifier
-    from kiln.runtime.package import MANIFEST_NAME, read_manifest, sha256_file, write_json_atomic
+    from kiln.checksums import sha256_file
+    from kiln.runtime.package import MANIFEST_NAME, read_manifest, write_json_atomic
+    from kiln.runtime.predictor import load_classifier
 
     folder = Path(package_dir)
     predictor = load_classifier(folder, device="cpu")
