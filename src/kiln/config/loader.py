@@ -5,12 +5,10 @@ Every refusal names the file, the key path, the value received and what is allow
 
 from __future__ import annotations
 
-import types
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
 
 from kiln.config.schema import Recipe
 from kiln.errors import ConfigError
@@ -72,43 +70,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def parse_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
     """Validate a mapping into a ``Recipe``, turning pydantic errors into one clear message."""
-    try:
-        return Recipe.model_validate(raw)
-    except ValidationError as exc:
-        lines = [_describe(err) for err in exc.errors()]
-        raise ConfigError(f"{source}: invalid recipe:\n  " + "\n  ".join(lines)) from None
-
-
-def _describe(err: Any) -> str:
-    loc = [str(p) for p in err["loc"]]
-    key = ".".join(loc) or "(top level)"
-    value = err.get("input")
-    if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        return f"{key}: unknown key; allowed keys here: {', '.join(allowed)}"
-    if err["type"] == "missing":
-        return f"{key}: required key is missing"
-    shown = repr(value) if not isinstance(value, dict) else "a mapping"
-    return f"{key}: {err['msg']} (got {shown})"
-
-
-def _allowed_keys(loc: list[str]) -> list[str]:
-    model: type[BaseModel] = Recipe
-    for part in loc:
-        field = model.model_fields.get(part)
-        annotation = _section_type(getattr(field, "annotation", None))
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return sorted(model.model_fields)
-
-
-def _section_type(annotation: Any) -> Any:
-    """The model class of an optional section (``PromoteConfig | None``), else ``annotation``."""
-    if get_origin(annotation) in (Union, types.UnionType):
-        models = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
-        return models[0] if len(models) == 1 else annotation
-    return annotation
+    return Recipe.parse(raw, source=source)
 
 
 def _deep_copy(value: Any) -> Any:

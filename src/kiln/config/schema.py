@@ -6,18 +6,15 @@ so that a typo never silently falls back to a default.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from kiln.config.rules import BASELINE, check_rule
+from kiln.config.section import Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class TextAugmentConfig(_Section):
+class TextAugmentConfig(Section):
     # Augmentation methods applied to the train split only; empty means off.
     methods: list[Literal["delete", "swap"]] = Field(default_factory=list)
     # Chance that any one word is deleted / that a swap happens per word position.
@@ -26,21 +23,21 @@ class TextAugmentConfig(_Section):
     copies: int = Field(default=1, ge=1, le=10)
 
 
-class ImageAugmentConfig(_Section):
+class ImageAugmentConfig(Section):
     # Largest random shift in pixels along each axis (0 turns shifting off).
     max_shift_px: int = Field(default=0, ge=0, le=8)
     # Standard deviation of Gaussian pixel noise on the 0..1 scale (0 turns noise off).
     noise_std: float = Field(default=0.0, ge=0.0, le=0.5)
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(Section):
     # Text augmentation (train split only).
     text: TextAugmentConfig = Field(default_factory=TextAugmentConfig)
     # Image augmentation (train split only, drawn anew every epoch).
     image: ImageAugmentConfig = Field(default_factory=ImageAugmentConfig)
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     # Built-in dataset name (rotten_tomatoes, mnist5k, digits, movielens100k); empty when train_file is set.
     dataset: str | None = None
     # A user file (CSV, TSV, JSONL or Parquet) with all examples, or the train split.
@@ -77,7 +74,7 @@ class DataConfig(_Section):
         return self
 
 
-class CnnConfig(_Section):
+class CnnConfig(Section):
     # Output channels of each convolution block (each block halves the image size).
     channels: list[int] = Field(default_factory=lambda: [32, 64])
     # Width of the hidden fully connected layer.
@@ -86,7 +83,7 @@ class CnnConfig(_Section):
     dropout: float = Field(default=0.25, ge=0.0, lt=1.0)
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     # pretrained: fine-tune an installed encoder; bert: build a BERT of `size` from config; cnn.
     kind: Literal["pretrained", "bert", "cnn"] = "pretrained"
     # Installed pretrained encoder name (minilm-l6) or a local folder with config + safetensors.
@@ -108,7 +105,7 @@ class ModelConfig(_Section):
     cnn: CnnConfig = Field(default_factory=CnnConfig)
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     # Passes over the training split.
     epochs: int = Field(default=3, ge=1)
     # Stop after this many optimizer steps (for quick runs); empty means no limit.
@@ -167,7 +164,7 @@ class TrainConfig(_Section):
     progress: bool = True
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     # Batch size for evaluation.
     batch_size: int = Field(default=64, ge=1)
     # Number of confidence bins for the expected calibration error.
@@ -191,7 +188,7 @@ CompressStep = Literal[
 ]
 
 
-class OnnxExportConfig(_Section):
+class OnnxExportConfig(Section):
     # ONNX opset of the exported graph.
     opset: int = Field(default=17, ge=14, le=21)
     # torchscript: the tracing exporter, fast and fused fully by ONNX Runtime; dynamo: torch.export.
@@ -202,7 +199,7 @@ class OnnxExportConfig(_Section):
     parity_atol: float = Field(default=1e-4, gt=0.0)
 
 
-class QuantizeConfig(_Section):
+class QuantizeConfig(Section):
     # Per-output-channel weight scales (more accurate) rather than one scale per tensor.
     per_channel: bool = True
     # Number of training examples that calibrate activation ranges (static quantization).
@@ -213,17 +210,17 @@ class QuantizeConfig(_Section):
     min_agreement: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
-class CastConfig(_Section):
+class CastConfig(Section):
     # Floating-point type of the weights (for GPU targets).
     dtype: Literal["fp16", "bf16"] = "fp16"
 
 
-class SparsityConfig(_Section):
+class SparsityConfig(Section):
     # Fraction of prunable weights (Linear/Conv matrices) set to zero by global magnitude.
     target: float = Field(default=0.5, gt=0.0, lt=1.0)
 
 
-class PruneConfig(_Section):
+class PruneConfig(Section):
     # Fraction of attention heads removed, least important first (each layer keeps one).
     heads_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)
     # Fraction of FFN neurons removed, lowest importance first (ranked within each layer).
@@ -236,7 +233,7 @@ class PruneConfig(_Section):
     recovery_epochs: int = Field(default=0, ge=0)
 
 
-class VocabConfig(_Section):
+class VocabConfig(Section):
     # Keep tokens the training texts use at least this many times (plus specials and characters).
     min_frequency: int = Field(default=1, ge=1)
     # Most training texts tokenized to find the tokens in use.
@@ -247,7 +244,7 @@ class VocabConfig(_Section):
     trim_positions: bool = True
 
 
-class DistillConfig(_Section):
+class DistillConfig(Section):
     # Student encoder layers; empty: half the teacher's, rounded up.
     num_layers: int | None = Field(default=None, ge=1)
     # Student hidden width; empty: the teacher's.
@@ -290,7 +287,9 @@ class DistillConfig(_Section):
     group_by_length: bool = True
 
 
-class CompressConfig(_Section):
+class CompressConfig(Section):
+    config_kind: ClassVar[str] = "compress settings"
+
     # Ordered steps; each writes a package whose parent is the previous step's package.
     steps: list[CompressStep] = Field(default_factory=list)
     # Number of validation examples used to compare each package with its parent.
@@ -313,7 +312,7 @@ class CompressConfig(_Section):
     vocab: VocabConfig = Field(default_factory=VocabConfig)
 
 
-class PromoteConfig(_Section):
+class PromoteConfig(Section):
     # Alias that the gate moves to the candidate (production, staging, any name).
     alias: str = Field(default="production", pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
     # The package put forward: best (highest test accuracy among those passing every rule),
@@ -333,7 +332,7 @@ class PromoteConfig(_Section):
         return self
 
 
-class RecommendConfig(_Section):
+class RecommendConfig(Section):
     # popularity (item counts), bpr-mf (matrix factorisation, BPR loss), two-tower (features, in-batch softmax).
     model: Literal["popularity", "bpr-mf", "two-tower"] = "two-tower"
     # Size of the user and item vectors.
@@ -352,7 +351,7 @@ class RecommendConfig(_Section):
     min_interactions: int = Field(default=3, ge=3)
 
 
-class SupportConfig(_Section):
+class SupportConfig(Section):
     # CSV of question,answer pairs to answer from; empty uses the chatterbot-corpus English pairs.
     faq_file: str | None = None
     # Pretrained sentence encoder (mean pooling) that embeds FAQ questions and user messages.
@@ -363,7 +362,7 @@ class SupportConfig(_Section):
     min_answer_score: float = Field(default=0.5, ge=-1.0, le=1.0)
 
 
-class SentimentMonitorConfig(_Section):
+class SentimentMonitorConfig(Section):
     # The label whose share is watched.
     negative_label: str = "negative"
     # Headlines per window; the share is computed over each full window, overall and per entity.
@@ -378,7 +377,9 @@ class SentimentMonitorConfig(_Section):
     entities: dict[str, list[str]] = Field(default_factory=dict)
 
 
-class Recipe(_Section):
+class Recipe(Section):
+    config_kind: ClassVar[str] = "recipe"
+
     # Name of the model this recipe makes; used for folder and registry names.
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     # Seed for splits and augmentation, and for training too unless train.seed is set.

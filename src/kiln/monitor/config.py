@@ -6,15 +6,14 @@ A serve YAML holds them under ``monitor:``; unknown keys are refused like everyw
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from kiln.config.section import Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class RetrainConfig(_Section):
+class RetrainConfig(Section):
     # Recipe retrained; its data is replaced by the logged inputs that have feedback labels.
     recipe: Path
     # Share of traffic (percent) the retrained version gets as a canary once it passes the gate.
@@ -31,7 +30,9 @@ class RetrainConfig(_Section):
     timeout_s: float = Field(default=3600.0, gt=0)
 
 
-class AlertRuleConfig(_Section):
+class AlertRuleConfig(Section):
+    unquoted_fields: ClassVar[frozenset[str]] = frozenset({"webhook_url"})
+
     # Name of the alert, shown in history, webhooks and the kiln_alert_active series.
     name: str = Field(min_length=1)
     # Condition, e.g. "psi(prediction) > 0.2 for 5m", "p99_latency > 50ms", "accuracy < 0.8".
@@ -57,7 +58,9 @@ class AlertRuleConfig(_Section):
         return check_webhook_url(value)
 
 
-class MonitorConfig(_Section):
+class MonitorConfig(Section):
+    unquoted_fields: ClassVar[frozenset[str]] = frozenset({"webhook_url"})
+
     # Log predictions, watch drift and evaluate alerts in the server.
     enabled: bool = False
     # Folder of the prediction log, feedback and alert history; KILN_HOME/monitor when empty.

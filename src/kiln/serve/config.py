@@ -7,16 +7,12 @@ path and the keys allowed there.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from kiln.errors import ConfigError
+from kiln.config.section import Section
 from kiln.monitor.config import MonitorConfig
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 def available_cpus() -> int:
@@ -29,7 +25,7 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-class BatchingConfig(_Section):
+class BatchingConfig(Section):
     # Dynamic batching on (default) or one inference call per request.
     enabled: bool = True
     # Most inputs in one model call; a single larger request still runs, alone.
@@ -66,7 +62,7 @@ class BatchingConfig(_Section):
         return self
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     # Name clients use in URLs; the package's manifest name when empty.
     name: str | None = None
     # Version number -> package folder or registry reference (name@version, name@alias).
@@ -90,7 +86,9 @@ class ModelConfig(_Section):
         return self
 
 
-class ServeConfig(_Section):
+class ServeConfig(Section):
+    config_kind: ClassVar[str] = "serve config"
+
     # Models served by this process.
     models: list[ModelConfig] = Field(default_factory=list)
     # Interface to bind; anything but loopback requires tokens (token_file or registry_tokens).
@@ -153,11 +151,4 @@ def parse_serve_config(
     """Validate a mapping (plus command-line settings) into a ``ServeConfig``."""
     merged = dict(raw)
     merged.update({k: v for k, v in cli.items() if v is not None})
-    try:
-        return ServeConfig.model_validate(merged)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"{key}: {err['msg']}")
-        raise ConfigError(f"{source}: invalid serve config:\n  " + "\n  ".join(lines)) from None
+    return ServeConfig.parse(merged, source=source)
