@@ -36,14 +36,17 @@ def main() -> None:
     from kiln.config.loader import apply_overrides
     from kiln.config.schema import CompressConfig
 
-    cfg = CompressConfig.model_validate(apply_overrides({}, args.overrides))
-    budget = SearchConfig(
-        target_latency_ms=args.target_latency_ms,
-        max_accuracy_drop=args.max_accuracy_drop,
-        student_layers=tuple(args.layers) if args.layers else None,
-        prune_fractions=tuple(args.prune),
-        quantizations=tuple(args.quantizations),
-        max_candidates=args.candidates,
+    cfg = CompressConfig.parse(apply_overrides({}, args.overrides), source="overrides")
+    budget = SearchConfig.parse(
+        {
+            "target_latency_ms": args.target_latency_ms,
+            "max_accuracy_drop": args.max_accuracy_drop,
+            "student_layers": tuple(args.layers) if args.layers else None,
+            "prune_fractions": tuple(args.prune),
+            "quantizations": tuple(args.quantizations),
+            "max_candidates": args.candidates,
+        },
+        source="command line",
     )
     start = time.perf_counter()
     result = search(args.package, output_dir=args.output, budget=budget, config=cfg)

@@ -51,16 +51,12 @@ def compress(
     from kiln.cli.recording import register_compressed, resolve_package
     from kiln.config.loader import apply_overrides, load_recipe
     from kiln.config.schema import CompressConfig
-    from kiln.errors import ConfigError
 
     with user_errors():
         folder, source_ref = resolve_package(package)
         loaded = load_recipe(recipe) if recipe is not None else None
         base = loaded.compress.model_dump(mode="json") if loaded is not None else {}
-        try:
-            cfg = CompressConfig.model_validate(apply_overrides(base, overrides or []))
-        except ValueError as exc:
-            raise ConfigError(f"compress settings: {exc}") from None
+        cfg = CompressConfig.parse(apply_overrides(base, overrides or []), source="kiln compress")
         names = [s.strip() for s in steps.split(",") if s.strip()] if steps else None
         examples = None
         if loaded is not None:
@@ -113,10 +109,13 @@ def _search(
         raise CompressError("a budget search needs both --target-latency-ms and --max-accuracy-drop")
     if steps:
         raise CompressError("--steps and a budget search exclude each other: the search picks the steps")
-    budget = SearchConfig(
-        target_latency_ms=target_latency_ms,
-        max_accuracy_drop=max_accuracy_drop,
-        max_candidates=budget_candidates,
+    budget = SearchConfig.parse(
+        {
+            "target_latency_ms": target_latency_ms,
+            "max_accuracy_drop": max_accuracy_drop,
+            "max_candidates": budget_candidates,
+        },
+        source="kiln compress",
     )
     result = search(package, output_dir=output, budget=budget, config=cfg, examples=examples)
     for candidate in result.candidates:

@@ -23,57 +23,43 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
 
 from kiln.compress.errors import CompressError
 from kiln.compress.examples import Examples, examples_from_recipe, train_samples_needed
 from kiln.config.schema import CompressConfig, DistillConfig
+from kiln.config.section import Section
 
 log = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("fp32", "int8")  # ONNX fp32, ONNX Runtime dynamic int8
+QUANTIZATIONS: tuple[Literal["fp32", "int8"], ...] = ("fp32", "int8")  # ONNX fp32, ONNX Runtime dynamic int8
 
 
-@dataclass(frozen=True)
-class SearchConfig:
-    """The budget and the space searched."""
+class SearchConfig(Section):
+    """The budget and the space searched; ``SearchConfig.parse`` refuses bad values with a ConfigError."""
 
-    target_latency_ms: float  # p50 latency at batch 1 to reach, measured through the runtime
-    max_accuracy_drop: (
-        float  # accuracy points (1.0 = one percentage point) allowed below the teacher
-    )
-    student_layers: tuple[int, ...] | None = (
-        None  # depths to try; default: the teacher's, then halved
-    )
-    prune_fractions: tuple[float, ...] = (0.0, 0.25, 0.5)  # heads and FFN fractions removed
-    quantizations: tuple[str, ...] = QUANTIZATIONS  # ONNX precisions tried for every model
-    max_candidates: int = 12  # candidates evaluated at most
-    latency_runs: int = 30  # timed batch-1 calls per candidate
-    num_threads: int | None = 1  # intra-op threads when timing (1 is the most repeatable)
-    trim_vocab: bool = True  # first keep only the embedding rows of tokens the data uses
+    config_kind: ClassVar[str] = "search budget"
 
-    def __post_init__(self) -> None:
-        if not self.target_latency_ms > 0:
-            raise CompressError(f"target latency must be > 0 ms, got {self.target_latency_ms}")
-        if not 0 <= self.max_accuracy_drop <= 100:
-            raise CompressError(
-                f"max accuracy drop must be within 0..100 points, got {self.max_accuracy_drop}"
-            )
-        if self.max_candidates < 1:
-            raise CompressError(f"budget candidates must be >= 1, got {self.max_candidates}")
-        if self.latency_runs < 1:
-            raise CompressError(f"latency_runs must be >= 1, got {self.latency_runs}")
-        if any(not 0 <= f < 1 for f in self.prune_fractions) or not self.prune_fractions:
-            raise CompressError(f"prune fractions must be in [0, 1), got {self.prune_fractions}")
-        unknown = set(self.quantizations) - set(QUANTIZATIONS)
-        if unknown or not self.quantizations:
-            raise CompressError(
-                f"quantizations must be among {QUANTIZATIONS}, got {self.quantizations}"
-            )
-        if self.student_layers is not None and (
-            not self.student_layers or min(self.student_layers) < 1
-        ):
-            raise CompressError(f"student layers must be >= 1, got {self.student_layers}")
+    # p50 latency at batch 1 to reach, in ms, measured through the runtime.
+    target_latency_ms: float = Field(gt=0)
+    # Accuracy points (1.0 = one percentage point) allowed below the teacher.
+    max_accuracy_drop: float = Field(ge=0, le=100)
+    # Student depths to try; the teacher's, then halved, when empty.
+    student_layers: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(default=None, min_length=1)
+    # Fractions of attention heads and FFN neurons removed, each in [0, 1).
+    prune_fractions: tuple[Annotated[float, Field(ge=0, lt=1)], ...] = Field(default=(0.0, 0.25, 0.5), min_length=1)
+    # ONNX precisions tried for every model.
+    quantizations: tuple[Literal["fp32", "int8"], ...] = Field(default=QUANTIZATIONS, min_length=1)
+    # Candidates evaluated at most.
+    max_candidates: int = Field(default=12, ge=1)
+    # Timed batch-1 calls per candidate.
+    latency_runs: int = Field(default=30, ge=1)
+    # Intra-op threads when timing (1 is the most repeatable); the library default when empty.
+    num_threads: int | None = Field(default=1, ge=1)
+    # First keep only the embedding rows of tokens the data uses.
+    trim_vocab: bool = True
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import kiln.runtime
 from kiln.compress import CompressError
 from kiln.compress.search import SearchConfig, search
 from kiln.config.schema import CompressConfig
+from kiln.errors import ConfigError
 from tests.helpers import kiln_cli
 
 pytestmark = pytest.mark.timeout(180)
@@ -71,18 +72,31 @@ def test_search_cli_exits_2_when_no_candidate_meets_the_budget(
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"target_latency_ms": 0.0}, "target latency must be > 0"),
-        ({"max_accuracy_drop": -1.0}, "max accuracy drop"),
-        ({"max_candidates": 0}, "budget candidates must be >= 1"),
-        ({"prune_fractions": (1.0,)}, "prune fractions"),
-        ({"quantizations": ("int4",)}, "quantizations"),
-        ({"student_layers": (0,)}, "student layers"),
+        ({"target_latency_ms": 0.0}, "target_latency_ms: Input should be greater than 0 (got 0.0)"),
+        ({"max_accuracy_drop": -1.0}, "max_accuracy_drop: Input should be greater than or equal to 0 (got -1.0)"),
+        ({"max_candidates": 0}, "max_candidates: Input should be greater than or equal to 1 (got 0)"),
+        ({"prune_fractions": (1.0,)}, "prune_fractions.0: Input should be less than 1 (got 1.0)"),
+        ({"prune_fractions": ()}, "prune_fractions: Tuple should have at least 1 item"),
+        ({"quantizations": ("int4",)}, "quantizations.0: Input should be 'fp32' or 'int8' (got 'int4')"),
+        ({"student_layers": (0,)}, "student_layers.0: Input should be greater than or equal to 1 (got 0)"),
+        ({"max_candiates": 3}, "max_candiates: unknown key; allowed keys here: latency_runs, max_accuracy_drop"),
     ],
 )
-def test_search_config_rejects_bad_values(settings: dict, message: str) -> None:
+def test_search_config_refuses_bad_values_naming_field_range_and_value(settings: dict, message: str) -> None:
     values = {"target_latency_ms": 10.0, "max_accuracy_drop": 1.0, **settings}
-    with pytest.raises(CompressError, match=message):
-        SearchConfig(**values)
+    with pytest.raises(ConfigError, match=r"^budget\.yaml: invalid search budget:\n  ") as caught:
+        SearchConfig.parse(values, source="budget.yaml")
+    assert message in str(caught.value)
+
+
+def test_search_cli_refuses_a_bad_budget_before_writing(text_package: Path, tmp_path: Path) -> None:
+    proc = kiln_cli(
+        "compress", str(text_package), "-o", str(tmp_path / "s"), "--target-latency-ms", "0", "--max-accuracy-drop", "1"
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "kiln compress: invalid search budget:" in proc.stderr
+    assert "target_latency_ms: Input should be greater than 0 (got 0.0)" in proc.stderr
+    assert not (tmp_path / "s").exists()
 
 
 def test_search_rejects_student_deeper_than_teacher(trained_text_package: Path, tmp_path: Path) -> None:
