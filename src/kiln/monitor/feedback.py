@@ -14,7 +14,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 SIZE = "size"
@@ -32,14 +32,8 @@ class Feedback:
     label: str
 
     def to_row(self) -> dict[str, Any]:
-        """The row written to the feedback log."""
-        return {
-            "timestamp": self.timestamp,
-            "model": self.model,
-            "request_id": self.request_id,
-            "index": self.index,
-            "label": self.label,
-        }
+        """The row written to the feedback log: the fields, by name."""
+        return asdict(self)
 
 
 class FeedbackStore:

@@ -61,7 +61,7 @@ def write_reference_profile(package_dir: str | Path, inputs: Sequence[Any]) -> d
     The manifest gains ``reference_profile`` and the file's sha256 in ``files``.
     """
     from kiln.checksums import sha256_file
-    from kiln.runtime.package import MANIFEST_NAME, read_manifest, write_json_atomic
+    from kiln.runtime.package import MANIFEST_NAME, write_json_atomic
     from kiln.runtime.predictor import load_classifier
 
     folder = Path(package_dir)
@@ -69,7 +69,7 @@ def write_reference_profile(package_dir: str | Path, inputs: Sequence[Any]) -> d
     profile = build_profile(predictor, inputs)
     path = folder / PROFILE_NAME
     path.write_text(json.dumps(profile) + "\n", encoding="utf-8")
-    manifest = read_manifest(folder, verify=False)
+    manifest = dict(predictor.manifest)  # read and verified by the load
     manifest["reference_profile"] = PROFILE_NAME
     manifest["files"] = dict(manifest["files"], **{PROFILE_NAME: sha256_file(path)})
     write_json_atomic(folder / MANIFEST_NAME, manifest)

@@ -121,7 +121,12 @@ class Batcher:
     @property
     def is_waiting(self) -> bool:
         """Whether requests wait for a batch: queued, or being gathered into the next one."""
-        return self._is_gathering or self.depth > 0
+        # Asked for every batch: stops at the first waiting request instead of counting them all.
+        return (
+            self._is_gathering
+            or self._carry is not None
+            or any(item is not _STOP for item in self._queue)
+        )
 
     @property
     def is_running(self) -> bool:
