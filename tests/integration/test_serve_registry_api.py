@@ -14,12 +14,18 @@ from tests.integration.registry.conftest import write_package
 from tests.integration.serve_harness import serving
 
 
-def test_serve_mounts_registry_api_with_token_checks(tmp_path: Path) -> None:
+def _digits_registered_with_a_reader(tmp_path: Path) -> tuple[Path, str]:
+    """An image package registered as ``digits`` and the token of reader ``ana``."""
     package = make_image_package(tmp_path / "digits")
     with Registry() as registry:  # KILN_HOME is this test's own folder
         registry.register(package, name="digits")
         registry.store.create_user("ana", "reader")
         _, secret = registry.store.create_token("ana")
+    return package, secret
+
+
+def test_serve_mounts_registry_api_with_token_checks(tmp_path: Path) -> None:
+    package, secret = _digits_registered_with_a_reader(tmp_path)
     config = ServeConfig(models=[ModelConfig(name="digits", versions={1: str(package)})], registry_api=True)
     with serving(config) as server:
         anonymous = server.get("/registry/models")
@@ -87,11 +93,7 @@ def test_serve_registry_uploads_are_not_held_to_the_inference_body_limit(tmp_pat
 
 
 def test_serve_public_bind_with_a_token_file_takes_registry_tokens_on_the_registry_api(tmp_path: Path) -> None:
-    package = make_image_package(tmp_path / "digits")
-    with Registry() as registry:
-        registry.register(package, name="digits")
-        registry.store.create_user("ana", "reader")
-        _, secret = registry.store.create_token("ana")
+    package, secret = _digits_registered_with_a_reader(tmp_path)
     token_file = tmp_path / "tokens"
     token_file.write_text("file-token\n")
     config = ServeConfig(

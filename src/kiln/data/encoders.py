@@ -181,16 +181,17 @@ def check_files(name: str, folder: Path) -> None:
 
 
 def _stamp(name: str, folder: Path) -> tuple[tuple[str, int, int], ...]:
-    """Size and modification time of each checked file: a file changed since its check is checked again."""
+    """Size and modification time of each checked file: a file changed since its check is checked again.
+
+    An unreadable file gets ``-1, -1``; ``check_files`` then reports it (a failed check is not cached).
+    """
     stamp = []
     for file in ENCODERS[name].sha256:
         try:
             meta = (folder / file).stat()
-        except OSError as exc:
-            raise DataError(
-                f"encoder {name!r}: cannot read {folder / file} ({exc}); "
-                f"reinstall its packages ({', '.join(ENCODERS[name].distributions)})"
-            ) from exc
+        except OSError:
+            stamp.append((file, -1, -1))
+            continue
         stamp.append((file, meta.st_size, meta.st_mtime_ns))
     return tuple(stamp)
 

@@ -65,10 +65,10 @@ def read_manifest(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
         found = manifest.get("schema_version") if isinstance(manifest, dict) else None
         raise PackageError(f"{manifest_path}: unsupported schema_version {found!r}, expected {SCHEMA_VERSION}")
-    if "files" in manifest:
-        check_file_names(folder, _listed_files(folder, manifest))
     if verify:
-        verify_files(folder, manifest)
+        verify_files(folder, manifest)  # checks the names too
+    elif "files" in manifest:
+        check_file_names(folder, _listed_files(folder, manifest))
     return manifest
 
 

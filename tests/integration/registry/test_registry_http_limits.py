@@ -8,7 +8,6 @@ resident size (VmHWM in /proc/<pid>/status), read before and after.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import os
 import socket
@@ -24,13 +23,12 @@ import httpx
 import pytest
 
 from kiln.registry import Registry, Role
+from tests.integration.registry.archive_bombs import MIB, ZEROS_MIB_GZ, end_blocks, tar_header, zeros_member
 
 SRC = Path(__file__).resolve().parents[3] / "src"
-MIB = 1 << 20
 MAX_UPLOAD = 32 * MIB
 MAX_UNPACKED = 64 * MIB
 MAX_ENTRIES = 1000
-ZEROS_MIB_GZ = gzip.compress(b"\0" * MIB, compresslevel=9)  # about 1 KiB
 
 
 @dataclass(frozen=True)
@@ -124,26 +122,16 @@ def _archive(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _header(name: str, size: int, kind: bytes = tarfile.REGTYPE) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size, info.type = size, kind
-    return gzip.compress(info.tobuf(tarfile.USTAR_FORMAT))
-
-
 def _bomb(*members: bytes) -> bytes:
     """A .tar.gz made of gzip members (readers join them): tiny, but it unpacks to gigabytes."""
-    return b"".join(members) + gzip.compress(b"\0" * tarfile.RECORDSIZE)
-
-
-def _zeros_member(name: str, size_mib: int) -> bytes:
-    return _header(name, size_mib * MIB) + ZEROS_MIB_GZ * size_mib
+    return b"".join(members) + end_blocks()
 
 
 BOMBS = {
-    "one 1 GiB file": _bomb(_zeros_member("./weights.bin", 1024)),
-    "files of 16 MiB adding up to 1 GiB": _bomb(*[_zeros_member(f"./w{i}.bin", 16) for i in range(64)]),
-    "a 1 GiB pax header": _bomb(_header("././@PaxHeader", 1024 * MIB, tarfile.XHDTYPE) + ZEROS_MIB_GZ * 1024),
-    "5000 entries": _bomb(*[_header(f"./f{i}", 0) for i in range(5000)]),
+    "one 1 GiB file": _bomb(zeros_member("./weights.bin", 1024)),
+    "files of 16 MiB adding up to 1 GiB": _bomb(*[zeros_member(f"./w{i}.bin", 16) for i in range(64)]),
+    "a 1 GiB pax header": _bomb(tar_header("././@PaxHeader", 1024 * MIB, tarfile.XHDTYPE) + ZEROS_MIB_GZ * 1024),
+    "5000 entries": _bomb(*[tar_header(f"./f{i}", 0) for i in range(5000)]),
 }
 
 

@@ -20,9 +20,7 @@ from kiln.registry import Registry
 from kiln.registry.archives import ArchiveLimits, ArchiveTooLargeError, BadArchiveError
 from kiln.registry.transfer import export_models, import_models
 from tests.helpers import kiln_cli
-
-MIB = 1 << 20
-ZEROS_MIB_GZ = gzip.compress(b"\0" * MIB, compresslevel=9)  # about 1 KiB
+from tests.integration.registry.archive_bombs import MIB, end_blocks, zeros_member
 
 
 def _export_folder(tmp_path: Path, make_package: Callable[..., Path]) -> tuple[Path, str]:
@@ -45,24 +43,13 @@ def _tar_entries(folder: Path, *extra: tuple[tarfile.TarInfo, bytes]) -> bytes:
     return entries
 
 
-def _end_blocks() -> bytes:
-    return gzip.compress(b"\0" * tarfile.RECORDSIZE)
-
-
-def _zeros_member(name: str, size_mib: int) -> bytes:
-    """A gzip member holding a tar entry of ``size_mib`` MiB of zeros, about 1 KiB per MiB."""
-    info = tarfile.TarInfo(name)
-    info.size = size_mib * MIB
-    return gzip.compress(info.tobuf(tarfile.USTAR_FORMAT)) + ZEROS_MIB_GZ * size_mib
-
-
 def _bomb(export: Path, digest: str) -> bytes:
     """A real export followed by a 1 GiB file of zeros inside its package folder: about 1 MiB."""
-    return gzip.compress(_tar_entries(export)) + _zeros_member(f"./packages/{digest}/pad.bin", 1024) + _end_blocks()
+    return gzip.compress(_tar_entries(export)) + zeros_member(f"./packages/{digest}/pad.bin", 1024) + end_blocks()
 
 
 def _with_member(export: Path, info: tarfile.TarInfo, data: bytes = b"") -> bytes:
-    return gzip.compress(_tar_entries(export, (info, data))) + _end_blocks()
+    return gzip.compress(_tar_entries(export, (info, data))) + end_blocks()
 
 
 def _link(digest: str) -> tarfile.TarInfo:
@@ -140,7 +127,7 @@ def test_cli_registry_import_takes_the_limits_within_which_an_export_fits(
 ) -> None:
     export, _ = _export_folder(tmp_path, make_package)
     archive = tmp_path / "m.tar.gz"
-    archive.write_bytes(gzip.compress(_tar_entries(export)) + _end_blocks())
+    archive.write_bytes(gzip.compress(_tar_entries(export)) + end_blocks())
     limits = ["--max-upload-bytes", str(MIB), "--max-unpacked-bytes", str(MIB), "--max-archive-entries", "20"]
     result = kiln_cli("registry", "import", str(archive), *limits, env={"TMPDIR": str(tmp)})
     assert result.returncode == 0, result.stderr
