@@ -18,9 +18,7 @@ def compare(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Folder for compare.json, the chart and reports")
     ] = Path("kiln-compare"),
-    data: Annotated[
-        Path | None, typer.Option("--data", help="Labelled file; default: the recipe's test split")
-    ] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Labelled file; default: the recipe's test split")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print rows and front as JSON")] = False,
 ) -> None:

@@ -20,9 +20,7 @@ def compress(
         str | None,
         typer.Option(help="Comma-separated steps, e.g. prune,onnx,quantize-dynamic"),
     ] = None,
-    recipe: Annotated[
-        Path | None, typer.Option(help="Recipe whose compress section and data to use")
-    ] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Recipe whose compress section and data to use")] = None,
     target_latency_ms: Annotated[
         float | None,
         typer.Option(help="Search: p50 latency at batch 1 to reach (with --max-accuracy-drop)"),
@@ -31,9 +29,7 @@ def compress(
         float | None,
         typer.Option(help="Search: accuracy points allowed below the teacher (1.0 = one point)"),
     ] = None,
-    budget_candidates: Annotated[
-        int, typer.Option(min=1, help="Search: candidates evaluated at most")
-    ] = 12,
+    budget_candidates: Annotated[int, typer.Option(min=1, help="Search: candidates evaluated at most")] = 12,
     overrides: Annotated[
         list[str] | None,
         typer.Argument(help="Overrides of the compress section, e.g. quantize.per_channel=false"),
@@ -70,9 +66,7 @@ def compress(
         if target_latency_ms is not None or max_accuracy_drop is not None:
             _search(folder, output, cfg, examples, names, target_latency_ms, max_accuracy_drop, budget_candidates)
             return
-        result = kiln.compress.run(
-            folder, output_dir=output, config=cfg, steps=names, examples=examples
-        )
+        result = kiln.compress.run(folder, output_dir=output, config=cfg, steps=names, examples=examples)
         refs: list[str | None] = [None] * len(result.packages)
         if register:
             refs = list(

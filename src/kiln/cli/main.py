@@ -17,6 +17,7 @@ import typer
 from kiln.cli.compare import compare
 from kiln.cli.compress import compress
 from kiln.cli.monitor import monitor, ui
+from kiln.cli.options import Overrides, RecipeFile, Register
 from kiln.cli.recording import REFERENCE_HELP
 from kiln.cli.registry import app as registry_app
 from kiln.cli.replay import replay
@@ -61,11 +62,6 @@ def _options(
 ) -> None:
     """Kiln: data -> train -> compress -> evaluate -> registry -> serve -> monitor."""
 
-Overrides = Annotated[list[str] | None, typer.Argument(help="Overrides such as train.epochs=1 data.max_examples=500")]
-Register = Annotated[
-    str | None, typer.Option("--register", help="Register the result under this model name in the registry")
-]
-
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
@@ -79,7 +75,7 @@ def user_errors() -> Iterator[None]:
 
 @recipe_app.command("validate")
 def recipe_validate(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file")],
+    recipe: RecipeFile,
     overrides: Overrides = None,
 ) -> None:
     """Validate a recipe and print it with every default filled in."""

@@ -16,23 +16,15 @@ if TYPE_CHECKING:
     from kiln.registry import Lineage, Registry
     from kiln.registry.archives import ArchiveLimits
 
-app = typer.Typer(
-    help="The model registry: versions, aliases, lineage, artifacts.", no_args_is_help=True
-)
-alias_app = typer.Typer(
-    help="Move aliases (production, staging, ...) and see their history.", no_args_is_help=True
-)
-user_app = typer.Typer(
-    help="Users and API tokens of the registry's HTTP API.", no_args_is_help=True
-)
+app = typer.Typer(help="The model registry: versions, aliases, lineage, artifacts.", no_args_is_help=True)
+alias_app = typer.Typer(help="Move aliases (production, staging, ...) and see their history.", no_args_is_help=True)
+user_app = typer.Typer(help="Users and API tokens of the registry's HTTP API.", no_args_is_help=True)
 app.add_typer(alias_app, name="alias")
 app.add_typer(user_app, name="user")
 
 DbOption = Annotated[
     str | None,
-    typer.Option(
-        "--db", help="Database URL (default: $KILN_DATABASE_URL, else SQLite in $KILN_HOME)"
-    ),
+    typer.Option("--db", help="Database URL (default: $KILN_DATABASE_URL, else SQLite in $KILN_HOME)"),
 ]
 ArtifactsOption = Annotated[
     str | None,
@@ -97,15 +89,12 @@ def versions(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Model
             aliases = f" [{', '.join(v.aliases)}]" if v.aliases else ""
             metrics = " ".join(f"{k}={val}" for k, val in sorted(v.metrics.items()))
             typer.echo(
-                f"{v.ref}{aliases}\t{v.format}/{v.precision}\t{v.created_at:%Y-%m-%d %H:%M}"
-                f"\t{v.created_by}\t{metrics}"
+                f"{v.ref}{aliases}\t{v.format}/{v.precision}\t{v.created_at:%Y-%m-%d %H:%M}\t{v.created_by}\t{metrics}"
             )
 
 
 @app.command("show")
-def show(
-    ctx: typer.Context, ref: Annotated[str, typer.Argument(help="name@version or name@alias")]
-) -> None:
+def show(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="name@version or name@alias")]) -> None:
     """Print a version (with its local package path) as JSON."""
     with user_errors(), _open(ctx) as registry:
         version = registry.get_version(ref)
@@ -114,9 +103,7 @@ def show(
 
 
 @app.command("lineage")
-def lineage(
-    ctx: typer.Context, ref: Annotated[str, typer.Argument(help="name@version or name@alias")]
-) -> None:
+def lineage(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="name@version or name@alias")]) -> None:
     """Show where a version came from: data -> run -> versions, as a tree."""
     with user_errors(), _open(ctx) as registry:
         typer.echo(render_lineage(registry.lineage(ref)))
@@ -125,14 +112,10 @@ def lineage(
 def render_lineage(family: Lineage) -> str:
     """A text tree: data fingerprint, run, root version and every descendant."""
     root = family.root
-    lines = [
-        f"data {root.data_fingerprint or (family.run.data_fingerprint if family.run else '?')}"
-    ]
+    lines = [f"data {root.data_fingerprint or (family.run.data_fingerprint if family.run else '?')}"]
     indent = "  "
     if family.run is not None:
-        lines.append(
-            f"{indent}run {family.run.id} ({family.run.name or 'unnamed'}, {family.run.status})"
-        )
+        lines.append(f"{indent}run {family.run.id} ({family.run.name or 'unnamed'}, {family.run.status})")
         indent += "  "
     children: dict[str, list[Any]] = {}
     how = {e.child: e.transformation for e in family.edges}
@@ -188,9 +171,7 @@ def delete(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="name@ver
 @app.command("gc")
 def gc(
     ctx: typer.Context,
-    grace_s: Annotated[
-        float, typer.Option(help="Keep uploads started less than this ago")
-    ] = 3600.0,
+    grace_s: Annotated[float, typer.Option(help="Keep uploads started less than this ago")] = 3600.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go")] = False,
 ) -> None:
     """Remove stored packages that no version uses."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from kiln.cli.options import Overrides, RecipeFile
 
 if TYPE_CHECKING:
     from kiln.pipeline import PipelineResult
@@ -16,10 +17,8 @@ GATE_REFUSED_EXIT = 3
 
 
 def run(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file")],
-    overrides: Annotated[
-        list[str] | None, typer.Argument(help="Overrides such as train.epochs=1 data.max_examples=500")
-    ] = None,
+    recipe: RecipeFile,
+    overrides: Overrides = None,
     force: Annotated[
         bool, typer.Option("--force", help="Redo every stage even when its output exists for the same inputs")
     ] = False,

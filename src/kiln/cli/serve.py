@@ -18,13 +18,10 @@ def serve(
         typer.Option(
             "--model",
             "-m",
-            help="Package folder or registry reference name@version / "
-            "name@alias; repeat for more models or versions",
+            help="Package folder or registry reference name@version / name@alias; repeat for more models or versions",
         ),
     ] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="Serve YAML (models, canary, batching...)")
-    ] = None,
+    config: Annotated[Path | None, typer.Option(help="Serve YAML (models, canary, batching...)")] = None,
     host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (default 8000)")] = None,
     workers: Annotated[int | None, typer.Option(help="Server processes (default 1)")] = None,
@@ -51,11 +48,7 @@ def serve(
             "token_file": token_file,
             "registry_tokens": registry_tokens,
         }
-        cfg = (
-            load_serve_config(config, **cli)
-            if config
-            else parse_serve_config({}, "--options", **cli)
-        )
+        cfg = load_serve_config(config, **cli) if config else parse_serve_config({}, "--options", **cli)
         if model:
             extra = models_from_specs(model)
             cfg = cfg.model_copy(update={"models": [*cfg.models, *extra]})

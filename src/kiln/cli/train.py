@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from kiln.cli.options import Overrides, RecipeFile, Register
+
 if TYPE_CHECKING:
     from kiln.config.schema import Recipe
 
 
 def train(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file")],
-    overrides: Annotated[
-        list[str] | None, typer.Argument(help="Overrides such as train.epochs=1 data.max_examples=500")
-    ] = None,
+    recipe: RecipeFile,
+    overrides: Overrides = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint")] = False,
     nproc_per_node: Annotated[
         int, typer.Option("--nproc-per-node", min=1, help="Data-parallel processes on this machine")
@@ -26,9 +26,7 @@ def train(
     node_rank: Annotated[int, typer.Option("--node-rank", min=0, help="This machine's rank")] = 0,
     master_addr: Annotated[str, typer.Option("--master-addr", help="Address of the rank-0 machine")] = "127.0.0.1",
     master_port: Annotated[int, typer.Option("--master-port", help="Port of the rank-0 machine")] = 29500,
-    register: Annotated[
-        str | None, typer.Option("--register", help="Register the result under this model name in the registry")
-    ] = None,
+    register: Register = None,
 ) -> None:
     """Train the recipe's model and write its package."""
     from kiln.cli.main import user_errors
@@ -38,11 +36,15 @@ def train(
         cfg = load_recipe(recipe, overrides)
         # torchrun sets WORLD_SIZE in the workers it starts: they train, they do not launch.
         if (nproc_per_node > 1 or nnodes > 1) and "WORLD_SIZE" not in os.environ:
-            argv = ["train", str(recipe), *(overrides or []), *(["--resume"] if resume else [])]
-            code = _launch_workers(
-                cfg,
-                argv,
-                resume=resume,
+            import kiln.data
+            from kiln.train import check_recipe
+            from kiln.train.distributed import launch
+
+            # Fail fast, with exit code 2, on refused settings or bad data before starting workers.
+            check_recipe(cfg, resume=resume, processes=nproc_per_node * nnodes)
+            kiln.data.run(cfg)
+            code = launch(
+                ["train", str(recipe), *(overrides or []), *(["--resume"] if resume else [])],
                 nproc_per_node=nproc_per_node,
                 nnodes=nnodes,
                 node_rank=node_rank,
@@ -55,35 +57,6 @@ def train(
                 _register(run_dir_for(cfg), name=register)
             raise typer.Exit(code)
         _train_here(cfg, resume=resume, register=register)
-
-
-def _launch_workers(
-    cfg: Recipe,
-    argv: list[str],
-    *,
-    resume: bool,
-    nproc_per_node: int,
-    nnodes: int,
-    node_rank: int,
-    master_addr: str,
-    master_port: int,
-) -> int:
-    """Check the recipe and its data here, then run ``kiln <argv>`` in torchrun's workers."""
-    import kiln.data
-    from kiln.train import check_recipe
-    from kiln.train.distributed import launch
-
-    # Fail fast, with exit code 2, on refused settings or bad data before starting workers.
-    check_recipe(cfg, resume=resume, processes=nproc_per_node * nnodes)
-    kiln.data.run(cfg)
-    return launch(
-        argv,
-        nproc_per_node=nproc_per_node,
-        nnodes=nnodes,
-        node_rank=node_rank,
-        master_addr=master_addr,
-        master_port=master_port,
-    )
 
 
 def _train_here(cfg: Recipe, *, resume: bool, register: str | None) -> None:

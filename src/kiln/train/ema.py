@@ -29,13 +29,15 @@ class WeightAverage:
         self.shadow = copy.deepcopy(model).eval()
         for param in self.shadow.parameters():
             param.requires_grad_(False)
+        # Training and load_state_dict change the buffers in place, so the list holds for the run.
+        self._float_buffers = [b for b in self.shadow.buffers() if b.is_floating_point()]
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     def float_buffers(self) -> list[torch.Tensor]:
         """The average's floating-point buffers: batch norm statistics, which each rank updates on its own shard."""
-        return [b for b in self.shadow.buffers() if b.is_floating_point()]
+        return self._float_buffers
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

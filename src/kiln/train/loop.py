@@ -320,7 +320,9 @@ def _train_step(parts: _Parts, global_index: np.ndarray, epoch: int, batch: int)
     cfg, info, net = parts.cfg, parts.info, parts.net
     net.train()
     parts.optimizer.zero_grad(set_to_none=True)
-    step_loss = 0.0
+    # Summed on the device and read once at the end: reading each micro-batch's loss would make
+    # the host wait for the device before it prepares the next micro-batch.
+    step_loss = torch.zeros((), dtype=torch.float64, device=info.device)
     shards = np.array_split(global_index[info.rank :: info.world_size], cfg.grad_accum_steps)
     for k, micro in enumerate(shards):
         is_last = k == cfg.grad_accum_steps - 1
@@ -335,7 +337,7 @@ def _train_step(parts: _Parts, global_index: np.ndarray, epoch: int, batch: int)
             target = torch.from_numpy(parts.labels[micro]).to(info.device)
             loss = _training_loss(net, features, target, cfg, parts.autocast)
             (loss * (info.world_size / len(global_index))).backward()
-        step_loss += loss.item()
+        step_loss += loss.detach().double()
     if cfg.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.max_grad_norm)
     parts.optimizer.step()
@@ -345,7 +347,7 @@ def _train_step(parts: _Parts, global_index: np.ndarray, epoch: int, batch: int)
         # Buffers such as batch norm's running statistics are updated by each rank's own shard;
         # DDP runs every forward with rank 0's, so the average takes those.
         broadcast_from_main(info, parts.ema.float_buffers())
-    return step_loss
+    return float(step_loss.item())
 
 
 def _training_loss(
