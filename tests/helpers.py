@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from kiln.registry import Role
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -59,6 +63,17 @@ def train_losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, lines) if r["type"] == "train"]
 
 
+def log_lines_up_to(run_dir: Path, step: int) -> list[str]:
+    """The lines of a run's ``metrics.jsonl`` logged at ``step`` or before, as written."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [line for line in lines if json.loads(line)["step"] <= step]
+
+
+def last_checkpoint_step(run_dir: Path) -> int:
+    """The step of the newest ``checkpoints/step-*`` folder of a run."""
+    return max(int(p.name.removeprefix("step-")) for p in (run_dir / "checkpoints").glob("step-*"))
+
+
 def package_validation_scores(package: Path, recipe: Any) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of a package on its recipe's validation split, via kiln.runtime."""
     import numpy as np
@@ -77,13 +92,34 @@ def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
     return path
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def api_token(user: str, role: Role) -> str:
+    """A new API token for a new user with ``role`` in the registry at KILN_HOME."""
+    from kiln.registry import Registry
+
+    with Registry() as registry:
+        registry.store.create_user(user, role)
+        return registry.store.create_token(user)[1]
+
+
+def kiln_argv(*args: str) -> list[str]:
+    """The command line of the real ``kiln`` command, run by this Python."""
+    return [sys.executable, "-m", "kiln.cli.main", *args]
+
+
 def kiln_cli(
     *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
     """Run the real ``kiln`` command in a subprocess."""
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run(
-        [sys.executable, "-m", "kiln.cli.main", *args],
+        kiln_argv(*args),
         capture_output=True,
         text=True,
         cwd=cwd,

@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.helpers import free_port
 
 PG_TOOLS = ("initdb", "pg_ctl", "postgres")
 PG_INSTALL_HELP = (
@@ -36,13 +37,6 @@ COMMAND_TIMEOUT_S = 120
 
 class PostgresError(RuntimeError):
     """The throw-away cluster could not be started (no binaries, no user to run as, a failure)."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pg_search_dirs() -> list[Path]:

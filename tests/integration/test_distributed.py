@@ -5,9 +5,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,11 @@ from safetensors.torch import load_file
 from kiln.config import parse_recipe
 from kiln.train import run as train_run
 from tests.helpers import (
+    free_port,
+    kiln_argv,
     kiln_cli,
+    last_checkpoint_step,
+    log_lines_up_to,
     package_validation_scores,
     tiny_image_recipe,
     tiny_text_recipe,
@@ -126,7 +128,7 @@ def test_two_processes_killed_then_resumed_equal_an_uninterrupted_run(
 ) -> None:
     recipe = _text_recipe(tmp_path, "run", tokenizer, dropout=0.1)
     run_dir = tmp_path / "run"
-    launcher = subprocess.Popen([sys.executable, "-m", "kiln.cli.main", "train", str(recipe), "--nproc-per-node", "2"])
+    launcher = subprocess.Popen(kiln_argv("train", str(recipe), "--nproc-per-node", "2"))
     target = run_dir / "checkpoints" / "step-00000010"
     deadline = time.monotonic() + 300
     while not target.exists() and launcher.poll() is None and time.monotonic() < deadline:
@@ -140,39 +142,28 @@ def test_two_processes_killed_then_resumed_equal_an_uninterrupted_run(
             os.kill(pid, signal.SIGKILL)
     assert launcher.wait() != 0
     assert not (run_dir / "package").exists()
-    checkpoint_step = max(int(p.name.removeprefix("step-")) for p in (run_dir / "checkpoints").glob("step-*"))
+    checkpoint_step = last_checkpoint_step(run_dir)
     assert 10 <= checkpoint_step < 28
-    logged = _log_lines_up_to(run_dir, checkpoint_step)
+    logged = log_lines_up_to(run_dir, checkpoint_step)
 
     resumed = kiln_cli("train", str(recipe), "--nproc-per-node", "2", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     # It continued from the checkpoint: the log up to it is kept as written, the rest redone.
-    assert _log_lines_up_to(run_dir, 28)[: len(logged)] == logged
+    assert log_lines_up_to(run_dir, 28)[: len(logged)] == logged
     _assert_same_weights(run_dir, two_processes_with_dropout)
     # Every step logged exactly once, with the losses of the uninterrupted run.
     assert train_losses(run_dir) == train_losses(two_processes_with_dropout)
     assert _manifest(run_dir)["metrics"] == _manifest(two_processes_with_dropout)["metrics"]
 
 
-def _log_lines_up_to(run_dir: Path, step: int) -> list[str]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [line for line in lines if json.loads(line)["step"] <= step]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_two_nodes_on_one_machine_equal_one_node_with_two_processes(
     tmp_path: Path, tokenizer: Path, two_processes_with_dropout: Path
 ) -> None:
     recipe = _text_recipe(tmp_path, "run", tokenizer, dropout=0.1)
-    port = str(_free_port())
+    port = str(free_port())
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "kiln.cli.main", "train", str(recipe), "--nnodes", "2", "--node-rank", str(rank)]
+            kiln_argv("train", str(recipe), "--nnodes", "2", "--node-rank", str(rank))
             + ["--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", port],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

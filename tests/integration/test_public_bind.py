@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,30 +17,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kiln.registry import Registry, Role
-
-SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("0.0.0.0", 0))
-        return int(sock.getsockname()[1])
-
-
-def kiln(*args: str) -> list[str]:
-    return [sys.executable, "-m", "kiln.cli.main", *args]
+from kiln.registry import Role
+from tests.helpers import ROOT, api_token, free_port, kiln_argv
 
 
 def env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    return dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
 
 
 def reader_token() -> str:
     """A reader's API token in this test's registry (KILN_HOME)."""
-    with Registry() as registry:
-        registry.store.create_user("viewer", Role.READER)
-        return registry.store.create_token("viewer")[1]
+    return api_token("viewer", Role.READER)
 
 
 @contextlib.contextmanager
@@ -79,11 +64,14 @@ def started(argv: list[str], health: str, tmp_path: Path) -> Iterator[str]:
         ("registry", ["registry", "serve"]),
     ],
 )
-def test_public_bind_without_tokens_refuses_to_start(
-    command: str, options: list[str], text_package: Path
-) -> None:
-    argv = kiln(*(str(text_package) if o == "PACKAGE" else o for o in options), "--host", "0.0.0.0",
-                "--port", str(free_port()))
+def test_public_bind_without_tokens_refuses_to_start(command: str, options: list[str], text_package: Path) -> None:
+    argv = kiln_argv(
+        *(str(text_package) if o == "PACKAGE" else o for o in options),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(free_port("0.0.0.0")),
+    )
     done = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "bound to 0.0.0.0 (not loopback) needs bearer tokens" in done.stderr
@@ -93,14 +81,14 @@ def test_public_bind_without_tokens_refuses_to_start(
 
 def test_public_bind_of_the_registry_refuses_open_reads() -> None:
     reader_token()
-    argv = kiln("registry", "serve", "--host", "0.0.0.0", "--port", str(free_port()), "--open-reads")
+    argv = kiln_argv("registry", "serve", "--host", "0.0.0.0", "--port", str(free_port("0.0.0.0")), "--open-reads")
     done = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--open-reads is allowed only on a loopback bind" in done.stderr
 
 
 def test_public_bind_of_the_registry_with_tokens_guards_every_route(tmp_path: Path) -> None:
     token = reader_token()
-    argv = kiln("registry", "serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    argv = kiln_argv("registry", "serve", "--host", "0.0.0.0", "--port", str(free_port("0.0.0.0")))
     with started(argv, "/health", tmp_path) as url:
         for path in ("/models", "/docs", "/openapi.json"):
             assert httpx.get(url + path).status_code == 401, path
@@ -114,16 +102,26 @@ def test_public_bind_of_serve_with_tokens_guards_every_route(text_package: Path,
     token = reader_token()
     serve_yaml = tmp_path / "serve.yaml"
     serve_yaml.write_text(f"monitor: {{enabled: true, log_dir: {tmp_path / 'log'}}}\n")
-    argv = kiln("serve", "--model", str(text_package), "--host", "0.0.0.0", "--port", str(free_port()),
-                "--registry-tokens", "--config", str(serve_yaml))
+    argv = kiln_argv(
+        "serve",
+        "--model",
+        str(text_package),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(free_port("0.0.0.0")),
+        "--registry-tokens",
+        "--config",
+        str(serve_yaml),
+    )
     with started(argv, "/v2/health/ready", tmp_path) as url:
         assert httpx.get(url + "/v2/health/live").status_code == 200
         for path in ("/v1/models", "/metrics", "/docs", "/ui/", "/ui/api/overview", "/v2", "/v1/monitor/reports"):
             assert httpx.get(url + path).status_code == 401, path
         authed = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {token}"})
-        anonymous = subprocess.run(kiln("monitor", "--url", url), env=env(), capture_output=True, text=True)
+        anonymous = subprocess.run(kiln_argv("monitor", "--url", url), env=env(), capture_output=True, text=True)
         monitored = subprocess.run(
-            kiln("monitor", "--url", url), env=env() | {"KILN_TOKEN": token}, capture_output=True, text=True
+            kiln_argv("monitor", "--url", url), env=env() | {"KILN_TOKEN": token}, capture_output=True, text=True
         )
     assert authed.status_code == 200 and [m["name"] for m in authed.json()] == [text_package.name]
     assert anonymous.returncode == 2 and "answered HTTP 401 (pass --token or set KILN_TOKEN)" in anonymous.stderr
@@ -132,7 +130,7 @@ def test_public_bind_of_serve_with_tokens_guards_every_route(text_package: Path,
 
 def test_public_bind_of_the_dashboard_with_tokens_guards_every_route(tmp_path: Path) -> None:
     token = reader_token()
-    argv = kiln("ui", "--host", "0.0.0.0", "--port", str(free_port()), "--registry-tokens")
+    argv = kiln_argv("ui", "--host", "0.0.0.0", "--port", str(free_port("0.0.0.0")), "--registry-tokens")
     with started(argv, "/health", tmp_path) as url:
         for path in ("/ui/", "/ui/static/app.js", "/ui/api/lineage", "/ui/api/runs", "/ui/api/alerts"):
             assert httpx.get(url + path).status_code == 401, path

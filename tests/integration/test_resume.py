@@ -1,9 +1,7 @@
 """Kill training with SIGKILL mid-run, resume it, and get the weights of an uninterrupted run."""
 
-import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +11,14 @@ from safetensors.torch import load_file
 
 from kiln.config import parse_recipe
 from kiln.train import run as train_run
-from tests.helpers import kiln_cli, tiny_text_recipe, write_recipe
+from tests.helpers import (
+    kiln_argv,
+    kiln_cli,
+    last_checkpoint_step,
+    log_lines_up_to,
+    tiny_text_recipe,
+    write_recipe,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -22,11 +27,6 @@ def _recipe(run_dir: Path, tokenizer: Path) -> dict:
     raw = tiny_text_recipe(run_dir, epochs=4, checkpoint_every_steps=3, keep_checkpoints=2, log_every_steps=1)
     raw["model"]["tokenizer_file"] = str(tokenizer)
     return raw
-
-
-def _log_lines_up_to(run_dir: Path, step: int) -> list[str]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [line for line in lines if json.loads(line)["step"] <= step]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
@@ -41,7 +41,7 @@ def test_train_killed_then_resumed_equals_uninterrupted(tmp_path: Path, sig: sig
     # A shell that starts jobs in the background ignores SIGINT, and children inherit that;
     # restore the default so that Ctrl-C reaches training as it does in a terminal.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kiln.cli.main", "train", str(recipe_path)],
+        kiln_argv("train", str(recipe_path)),
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     target = run_dir / "checkpoints" / "step-00000009"
@@ -54,14 +54,14 @@ def test_train_killed_then_resumed_equals_uninterrupted(tmp_path: Path, sig: sig
     assert not (run_dir / "package").exists()
     assert not list((run_dir / "checkpoints").glob(".*partial")) or sig == signal.SIGKILL
 
-    checkpoint_step = max(int(p.name.removeprefix("step-")) for p in (run_dir / "checkpoints").glob("step-*"))
-    logged = _log_lines_up_to(run_dir, checkpoint_step)
+    checkpoint_step = last_checkpoint_step(run_dir)
+    logged = log_lines_up_to(run_dir, checkpoint_step)
 
     resumed = kiln_cli("train", str(recipe_path), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     # It continued from the checkpoint: the log up to it is kept as written, the rest redone.
     assert checkpoint_step >= 9
-    assert _log_lines_up_to(run_dir, reference.steps)[: len(logged)] == logged
+    assert log_lines_up_to(run_dir, reference.steps)[: len(logged)] == logged
     assert (run_dir / "package" / "kiln.json").is_file()
 
     expected = load_file(str(reference.package_dir / "model.safetensors"))

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ROOT
 
 LINT_IMPORTS = str(Path(sys.executable).parent / "lint-imports")
@@ -33,20 +35,25 @@ def test_layers_contracts_are_kept() -> None:
     assert "0 broken" in result.stdout
 
 
-def test_layers_contracts_refuse_serve_importing_train(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("module", "forbidden_import", "expected"),
+    [
+        (
+            "serve/models.py",
+            "from kiln.train import run_dir_for",
+            ["serve never imports train or compress BROKEN", "kiln.serve.models -> kiln.train"],
+        ),
+        ("runtime/package.py", "import kiln.evaluate.speed", ["kiln.runtime is not allowed to import kiln.evaluate"]),
+    ],
+    ids=["serve-importing-train", "runtime-importing-a-stage"],
+)
+def test_layers_contracts_refuse_a_forbidden_import(
+    tmp_path: Path, module: str, forbidden_import: str, expected: list[str]
+) -> None:
     root = _copy_tree(tmp_path)
-    models = root / "src" / "kiln" / "serve" / "models.py"
-    models.write_text(models.read_text(encoding="utf-8") + "\nfrom kiln.train import run_dir_for\n", encoding="utf-8")
+    source = root / "src" / "kiln" / module
+    source.write_text(source.read_text(encoding="utf-8") + f"\n{forbidden_import}\n", encoding="utf-8")
     result = _lint_imports(root)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "serve never imports train or compress BROKEN" in result.stdout
-    assert "kiln.serve.models -> kiln.train" in result.stdout
-
-
-def test_layers_contracts_refuse_runtime_importing_a_stage(tmp_path: Path) -> None:
-    root = _copy_tree(tmp_path)
-    package = root / "src" / "kiln" / "runtime" / "package.py"
-    package.write_text(package.read_text(encoding="utf-8") + "\nimport kiln.evaluate.speed\n", encoding="utf-8")
-    result = _lint_imports(root)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "kiln.runtime is not allowed to import kiln.evaluate" in result.stdout
+    for line in expected:
+        assert line in result.stdout

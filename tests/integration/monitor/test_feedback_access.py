@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from kiln.monitor.predlog import FEEDBACK, read_log
-from kiln.registry import Registry, Role
+from kiln.registry import Role
 from kiln.serve.config import ServeConfig
+from tests.helpers import api_token
 from tests.integration.serve_harness import serving
 
 
@@ -26,12 +27,7 @@ def _config(package: Path, log_dir: Path, **settings: Any) -> ServeConfig:
 
 def _tokens() -> dict[Role, str]:
     """One API token per role in this test's registry (KILN_HOME)."""
-    with Registry() as registry:
-        tokens = {}
-        for role in Role:
-            registry.store.create_user(f"{role.value}-user", role)
-            tokens[role] = registry.store.create_token(f"{role.value}-user")[1]
-    return tokens
+    return {role: api_token(f"{role.value}-user", role) for role in Role}
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from kiln.errors import ConfigError
 from kiln.monitor.config import MonitorConfig
 from kiln.monitor.service import Monitor
 from kiln.serve.config import parse_serve_config
+from tests.helpers import free_port
 from tests.integration.monitor.webhook import webhook_receiver
 
 SECRET = "T0KEN-s3cr3t"
@@ -82,9 +82,7 @@ def test_webhook_does_not_retry_a_refusal(tmp_path: Path, caplog: pytest.LogCapt
 
 def test_webhook_to_a_closed_port_logs_no_url(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="kiln")
-    with socket.socket() as sock:  # a port nothing listens on once closed
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens on it
     sleeps: list[float] = []
     monitor, registry = _monitor(tmp_path, f"http://127.0.0.1:{port}/{SECRET}?key={SECRET}", sleeps, webhook_attempts=2)
     _fire(monitor)
