@@ -7,13 +7,17 @@ Built-ins are read straight from the installing package's folder (found with
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
 from kiln.errors import DataError
+
+T = TypeVar("T")
 
 TEXT = "text"
 IMAGE = "image"
@@ -107,23 +111,46 @@ def infer_format(path: Path, given: str | None) -> str:
 
 def read_table(path: str | Path, *, fmt: str | None, encoding: str, has_header: bool) -> pd.DataFrame:
     """Read a user file into a DataFrame, with a clear error for each way it can fail."""
+    path = _existing(path)
+    fmt = infer_format(path, fmt)
+    if fmt == "txt":
+        raise DataError(f"{path}: a txt file has no columns; use csv, tsv, jsonl or parquet")
+    return _guarded(lambda: _read_frame(path, fmt, encoding, has_header), path, fmt, encoding)
+
+
+def read_lines(path: str | Path, *, encoding: str) -> list[str]:
+    """The lines of a plain-text file, without their line ends, with the errors of ``read_table``."""
+    path = _existing(path)
+    text = _guarded(lambda: path.read_text(encoding=encoding), path, "txt", encoding)
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    fmt = infer_format(path, fmt)
+    return path
+
+
+def _read_frame(path: Path, fmt: str, encoding: str, has_header: bool) -> pd.DataFrame:
+    if fmt in ("csv", "tsv"):
+        return pd.read_csv(
+            path,
+            sep="," if fmt == "csv" else "\t",
+            encoding=encoding,
+            header=0 if has_header else None,
+            dtype=str,
+            keep_default_na=False,
+        ).rename(columns=str)
+    if fmt == "jsonl":
+        return pd.read_json(path, lines=True, encoding=encoding, dtype=False)
+    return pd.read_parquet(path)
+
+
+def _guarded(read: Callable[[], T], path: Path, fmt: str, encoding: str) -> T:
+    """``read()``, with each way reading ``path`` can fail turned into a DataError saying what and where."""
     try:
-        if fmt in ("csv", "tsv"):
-            return pd.read_csv(
-                path,
-                sep="," if fmt == "csv" else "\t",
-                encoding=encoding,
-                header=0 if has_header else None,
-                dtype=str,
-                keep_default_na=False,
-            ).rename(columns=str)
-        if fmt == "jsonl":
-            return pd.read_json(path, lines=True, encoding=encoding, dtype=False)
-        return pd.read_parquet(path)
+        return read()
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{path}: bytes at offset {exc.start} cannot be decoded as {encoding} "

@@ -3,7 +3,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kiln.data.sources import load_builtin, load_text_file
+from kiln.data.sources import load_builtin, load_text_file, read_lines
 from kiln.errors import DataError
 
 
@@ -95,3 +95,19 @@ def test_load_text_file_reads_shared_financial_phrasebank_as_latin1() -> None:
     )
     assert set(raw.labels) == {"negative", "neutral", "positive"}
     assert len(raw.labels) == 4846
+
+
+def test_load_text_file_txt_format_has_no_columns(tmp_path: Path) -> None:
+    path = tmp_path / "data.txt"
+    path.write_text("a,b\n")
+    with pytest.raises(DataError, match=f"{path}: a txt file has no columns; use csv, tsv, jsonl or parquet"):
+        load_text_file(path, fmt="txt", encoding="utf-8", has_header=True, text_column="a", label_column="b")
+
+
+def test_read_lines_splits_on_newlines_only(tmp_path: Path) -> None:
+    path = tmp_path / "lines.txt"
+    path.write_bytes("one\r\ntwo \x0c page\u2028still two\nthree".encode())
+    assert read_lines(path, encoding="utf-8") == ["one", "two \x0c page\u2028still two", "three"]
+    path.write_bytes(b"caf\xe9\n")
+    with pytest.raises(DataError, match=r"bytes at offset 3 cannot be decoded as utf-8"):
+        read_lines(path, encoding="utf-8")
