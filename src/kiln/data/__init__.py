@@ -1,7 +1,8 @@
 """The data stage: load examples, clean and split them, and describe how to preprocess them.
 
 ``run(recipe) -> Dataset`` reads the recipe's ``data`` section and returns seeded, stratified
-train/validation/test splits with their fingerprint. Nothing here imports torch.
+train/validation/test splits with their fingerprint; ``load_language_data(recipe) -> LanguageData``
+does the same for text generation (documents or conversations). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 
 from kiln.config.schema import DataConfig, Recipe
 from kiln.data.augment import augment_texts
+from kiln.data.corpus import Conversation, LanguageData, load_language_data
 from kiln.data.sources import IMAGE, TEXT, RawData, load_builtin, load_text_file
 from kiln.data.splits import (
     Split,
@@ -24,7 +26,7 @@ from kiln.data.splits import (
 )
 from kiln.errors import DataError
 
-__all__ = ["Dataset", "Split", "run", "IMAGE", "TEXT"]
+__all__ = ["Conversation", "Dataset", "LanguageData", "Split", "run", "load_language_data", "IMAGE", "TEXT"]
 
 
 @dataclass(frozen=True)
