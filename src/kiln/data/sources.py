@@ -119,10 +119,10 @@ def read_table(path: str | Path, *, fmt: str | None, encoding: str, has_header: 
 
 
 def read_lines(path: str | Path, *, encoding: str) -> list[str]:
-    """The lines of a plain-text file, without their line ends, with the errors of ``read_table``."""
+    """The lines of a plain-text file, without a byte-order mark or line ends, with the errors of ``read_table``."""
     path = _existing(path)
     text = _guarded(lambda: path.read_text(encoding=encoding), path, "txt", encoding)
-    return [line.removesuffix("\r") for line in text.split("\n")]
+    return [line.removesuffix("\r") for line in text.removeprefix("\ufeff").split("\n")]
 
 
 def _existing(path: str | Path) -> Path:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -285,3 +287,13 @@ def test_load_language_data_fingerprint_follows_content(tmp_path: Path) -> None:
     before = load_language_data(_recipe(train_file=str(path))).fingerprint
     _write(path, [*_pairs(19), {"prompt": "question 19?", "response": "a different answer."}])
     assert load_language_data(_recipe(train_file=str(path))).fingerprint != before
+
+
+def test_language_data_modules_import_without_torch_or_transformers() -> None:
+    code = (
+        "import sys, kiln.data, kiln.data.chat, kiln.data.corpus, kiln.data.tokenizer; "
+        "print(sorted({'torch', 'transformers', 'peft', 'gguf', 'accelerate'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -106,7 +106,7 @@ def test_load_text_file_txt_format_has_no_columns(tmp_path: Path) -> None:
 
 def test_read_lines_splits_on_newlines_only(tmp_path: Path) -> None:
     path = tmp_path / "lines.txt"
-    path.write_bytes("one\r\ntwo \x0c page\u2028still two\nthree".encode())
+    path.write_bytes("\ufeffone\r\ntwo \x0c page\u2028still two\nthree".encode())
     assert read_lines(path, encoding="utf-8") == ["one", "two \x0c page\u2028still two", "three"]
     path.write_bytes(b"caf\xe9\n")
     with pytest.raises(DataError, match=r"bytes at offset 3 cannot be decoded as utf-8"):
