@@ -65,45 +65,49 @@ def load_language_data(recipe: Recipe) -> LanguageData:
     cfg = recipe.data
     rng = np.random.default_rng(recipe.seed)
     loaded = _load(cfg, recipe.lm.objective)
-    examples = loaded.examples
-    n_loaded = len(examples)
-    if cfg.drop_duplicates:
-        examples = _unique(examples)
-    n_unique = len(examples)
-    if cfg.max_examples is not None and len(examples) > cfg.max_examples:
-        examples = _take(examples, np.sort(rng.choice(len(examples), cfg.max_examples, replace=False)))
+    unique = _unique(loaded.examples) if cfg.drop_duplicates else loaded.examples
+    splits = _split(_sample(unique, cfg.max_examples, rng), cfg, loaded, rng)
+    stats = {
+        "loaded": len(loaded.examples),
+        "empty_dropped": loaded.empty,
+        "after_dedup": len(unique),
+        **{name: len(split) for name, split in splits.items()},
+    }
+    logger.info("%s: %s examples (%s), %s", loaded.origin, len(loaded.examples), loaded.objective, stats)
+    return LanguageData(
+        objective=loaded.objective,
+        train=splits["train"],
+        validation=splits["validation"],
+        test=splits["test"],
+        fingerprint=language_fingerprint(loaded.objective, splits),
+        origin=loaded.origin,
+        stats=stats,
+    )
+
+
+def _sample(examples: Examples, count: int | None, rng: np.random.Generator) -> Examples:
+    """At most ``count`` examples drawn with ``rng``, in their original order."""
+    if count is None or len(examples) <= count:
+        return examples
+    return _take(examples, np.sort(rng.choice(len(examples), count, replace=False)))
+
+
+def _split(examples: Examples, cfg: DataConfig, loaded: _Loaded, rng: np.random.Generator) -> dict[str, Examples]:
+    """Train, validation and test: test is ``data.test_file`` or held out, validation held out of the rest."""
     if cfg.test_file is None:
         rest_idx, test_idx = _holdout(len(examples), cfg.test_fraction, rng)
         test, rest = _take(examples, test_idx), _take(examples, rest_idx)
     else:
         test = _load_file(cfg.test_file, cfg, loaded.objective).examples
         if cfg.max_examples is not None:
-            cap = max(10, int(cfg.max_examples * cfg.test_fraction))
-            if len(test) > cap:
-                test = _take(test, np.sort(rng.choice(len(test), cap, replace=False)))
+            test = _sample(test, max(10, int(cfg.max_examples * cfg.test_fraction)), rng)
         rest = examples
     train_idx, val_idx = _holdout(len(rest), cfg.val_fraction, rng)
-    train, validation = _take(rest, train_idx), _take(rest, val_idx)
-    splits = {"train": train, "validation": validation, "test": test}
+    splits = {"train": _take(rest, train_idx), "validation": _take(rest, val_idx), "test": test}
     for name, split in splits.items():
         if not split:
             raise DataError(f"{loaded.origin}: the {name} split is empty; use more data")
-    stats = {
-        "loaded": n_loaded,
-        "empty_dropped": loaded.empty,
-        "after_dedup": n_unique,
-        **{name: len(split) for name, split in splits.items()},
-    }
-    logger.info("%s: %s examples (%s), splits %s", loaded.origin, n_loaded, loaded.objective, stats)
-    return LanguageData(
-        objective=loaded.objective,
-        train=train,
-        validation=validation,
-        test=test,
-        fingerprint=language_fingerprint(loaded.objective, splits),
-        origin=loaded.origin,
-        stats=stats,
-    )
+    return splits
 
 
 def language_fingerprint(objective: str, splits: dict[str, Examples]) -> str:
