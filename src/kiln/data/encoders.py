@@ -10,7 +10,6 @@ hashes recorded here, and unpacks the folder once per environment, under
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import os
 import shutil
@@ -21,7 +20,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln.checksums import sha256_file
+from kiln.checksums import FileMismatch, verify_sha256, verify_sha256_once
 from kiln.data.sources import package_folder
 from kiln.errors import DataError
 
@@ -96,7 +95,10 @@ def encoder_folder(name: str) -> Path:
     encoder = ENCODERS[name]
     if encoder.package is not None:
         folder = package_folder(encoder.package) / encoder.subfolder
-        _check_once(name, str(folder), _stamp(name, folder), tuple(encoder.sha256.items()))
+        try:
+            verify_sha256_once(folder, encoder.sha256)
+        except FileMismatch as exc:
+            raise _reinstall(name, exc) from exc
         return folder
     dest = encoders_home() / encoder.archive_folder
     if (dest / "config.json").is_file():
@@ -164,45 +166,14 @@ def check_files(name: str, folder: Path) -> None:
         DataError: a file is missing or has another hash; the message names the packages to
             reinstall.
     """
-    encoder = ENCODERS[name]
-    for file, expected in encoder.sha256.items():
-        try:
-            digest = sha256_file(folder / file)
-        except OSError as exc:
-            raise DataError(
-                f"encoder {name!r}: cannot read {folder / file} ({exc}); "
-                f"reinstall its packages ({', '.join(encoder.distributions)})"
-            ) from exc
-        if digest != expected:
-            raise DataError(
-                f"encoder {name!r}: {file} has sha256 {digest}, expected {expected}; "
-                f"reinstall its packages ({', '.join(encoder.distributions)})"
-            )
+    try:
+        verify_sha256(folder, ENCODERS[name].sha256)
+    except FileMismatch as exc:
+        raise _reinstall(name, exc) from exc
 
 
-def _stamp(name: str, folder: Path) -> tuple[tuple[str, int, int], ...]:
-    """Size and modification time of each checked file: a file changed since its check is checked again.
-
-    An unreadable file gets ``-1, -1``; ``check_files`` then reports it (a failed check is not cached).
-    """
-    stamp = []
-    for file in ENCODERS[name].sha256:
-        try:
-            meta = (folder / file).stat()
-        except OSError:
-            stamp.append((file, -1, -1))
-            continue
-        stamp.append((file, meta.st_size, meta.st_mtime_ns))
-    return tuple(stamp)
-
-
-@functools.cache
-def _check_once(
-    name: str, folder: str, stamp: tuple[tuple[str, int, int], ...], expected: tuple[tuple[str, str], ...]
-) -> None:
-    # Hashing the weights takes a fraction of a second; once per process, folder and file
-    # state is enough. ``stamp`` and ``expected`` are part of the cache key only.
-    check_files(name, Path(folder))
+def _reinstall(name: str, problem: FileMismatch) -> DataError:
+    return DataError(f"encoder {name!r}: {problem}; reinstall its packages ({', '.join(ENCODERS[name].distributions)})")
 
 
 def _part_file(name: str, dist: str) -> Path:
