@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +52,7 @@ def _wait_for(proc: subprocess.Popen[str], text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def conversion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Conversion]:
+def conversion(tmp_path_factory: pytest.TempPathFactory) -> Conversion:
     home = tmp_path_factory.mktemp("models")
     (home / f".{NAME}.x1y2.partial").mkdir()  # left by a conversion that died
     env = {**os.environ, MODELS_ENV: str(home)}
@@ -71,15 +71,18 @@ def conversion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Conversion]
                     )
                 )
             early = [_wait_for(proc, "waiting for another process converting") for proc in procs]
-        runs = []
-        for proc, before in zip(procs, early, strict=True):
-            stdout, stderr = proc.communicate(timeout=540)
-            runs.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, "".join(before) + stderr))
+        # Read both at once: the one waiting on the lock must not hold up the converter's pipes.
+        with ThreadPoolExecutor(len(procs)) as pool:
+            outputs = list(pool.map(lambda proc: proc.communicate(timeout=540), procs))
+        runs = [
+            subprocess.CompletedProcess(proc.args, proc.returncode, stdout, "".join(before) + stderr)
+            for proc, before, (stdout, stderr) in zip(procs, early, outputs, strict=True)
+        ]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    yield Conversion(home=home, folder=home / NAME, runs=runs)
+    return Conversion(home=home, folder=home / NAME, runs=runs)
 
 
 def test_two_processes_asking_at_once_convert_once(conversion: Conversion) -> None:

@@ -224,7 +224,8 @@ def _write_checkpoint(name: str, gguf: Path, dest: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(str(dest))
-    tokenizer.save_pretrained(str(dest))
+    tokenizer.save_pretrained(str(dest))  # tokenizer_config.json, for AutoTokenizer.from_pretrained(folder)
+    # The two files Kiln reads are written here, whatever a transformers version's save writes.
     tokenizer.backend_tokenizer.save(str(dest / "tokenizer.json"))
     if not isinstance(tokenizer.chat_template, str):
         raise PackageError(f"pretrained model {name!r}: its GGUF file holds no chat template")
