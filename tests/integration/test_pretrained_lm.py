@@ -139,18 +139,22 @@ def test_tokenizer_json_gives_the_gguf_tokenizer_ids(conversion: Conversion) -> 
 
 def test_greedy_answer_through_the_chat_template_names_paris(conversion: Conversion) -> None:
     import torch
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
 
+    from kiln.data.chat import render_chat
+
     folder = conversion.folder
-    template = ImmutableSandboxedEnvironment().from_string((folder / "chat_template.jinja").read_text())
-    prompt = template.render(
-        messages=[{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True
+    special = json.loads((folder / "special_tokens.json").read_text())
+    prompt = render_chat(
+        (folder / "chat_template.jinja").read_text(),
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        special_tokens=special,
     )
     assert prompt.endswith("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    eos_id = tokenizer.token_to_id(json.loads((folder / "special_tokens.json").read_text())["eos_token"])
+    eos_id = tokenizer.token_to_id(special["eos_token"])
     model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
     ids = torch.tensor([tokenizer.encode(prompt).ids])
     with torch.no_grad():
