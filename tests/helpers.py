@@ -126,3 +126,106 @@ def kiln_cli(
         env=full_env,
         timeout=timeout,
     )
+
+
+GENERATION_TEXTS = [
+    "the cat sat on the mat and looked at the door",
+    "a dog ran in the park; the sun was warm",
+    "café au lait, crème brûlée and a naïve résumé",
+    "日本語のテキストと絵文字 🙂 もあります",
+    "question: what is the capital of france? answer: paris",
+] * 4
+# A chat template in the <|role|> style of the GPTs Kiln trains.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def tiny_byte_bpe(dest: Path, vocab_size: int = 300) -> Path:
+    """A byte-level BPE tokenizer file trained on a few sentences (multi-byte characters included)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(GENERATION_TEXTS, trainer)
+    tokenizer.save(str(dest))
+    return dest
+
+
+def tiny_causal_lm(vocab_size: int, *, family: str = "llama", context_length: int = 64, seed: int = 0) -> Any:
+    """A random 2-layer Llama or GPT-2 with peaky logits (wide initialisation), so greedy choices are clear."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    torch.manual_seed(seed)
+    if family == "llama":
+        config: Any = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=context_length,
+            initializer_range=0.5,
+            tie_word_embeddings=True,
+        )
+    else:
+        config = GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=context_length,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            initializer_range=0.5,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def tiny_generation_package(
+    dest: Path,
+    *,
+    family: str = "llama",
+    context_length: int = 64,
+    chat_template: str | None = TINY_CHAT_TEMPLATE,
+    eos_token: str = "<|endoftext|>",
+    **generation: Any,
+) -> Path:
+    """A text-generation package of a tiny random causal LM, written by Kiln's own package writer."""
+    from tokenizers import Tokenizer
+
+    from kiln.runtime.generation import write_generation_package
+
+    tokenizer_file = tiny_byte_bpe(dest.parent / f"{dest.name}-tokenizer.json")
+    vocab_size = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
+    write_generation_package(
+        dest,
+        model=tiny_causal_lm(vocab_size, family=family, context_length=context_length),
+        tokenizer_file=tokenizer_file,
+        chat_template=chat_template,
+        manifest={
+            "name": dest.name,
+            "preprocessing": {
+                "context_length": context_length,
+                "bos_token": None,
+                "eos_token": eos_token,
+                "special_tokens": {"system_token": "<|system|>", "user_token": "<|user|>"},
+            },
+            "generation": {"max_new_tokens": 16, **generation},
+            "lineage": {"parent": None, "transformation": "test-fixture", "settings": {}},
+            "metrics": {},
+            "data_fingerprint": "sha256:" + "0" * 64,
+            "recipe": {},
+        },
+    )
+    return dest

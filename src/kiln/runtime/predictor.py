@@ -1,8 +1,9 @@
 """Load a package to run it: the only code that runs a package, for every stage.
 
-Callers that need one kind of package use a typed loader (``load_classifier``, and
-``kiln.runtime.recommender.load_recommender``), which refuses a package of another task with a
-``PackageError`` naming it; ``load`` returns whichever the package's task calls for.
+Callers that need one kind of package use a typed loader (``load_classifier``,
+``kiln.runtime.recommender.load_recommender`` and ``kiln.runtime.generation.load_generator``),
+which refuses a package of another task with a ``PackageError`` naming it; ``load`` returns
+whichever the package's task calls for.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from kiln.runtime.package import packaged_file, read_manifest, require_task
 from kiln.runtime.preprocessing import ImagePreprocessor, TextPreprocessor, make_preprocessor
 
 if TYPE_CHECKING:
+    from kiln.runtime.generation import Generator
     from kiln.runtime.recommender import Recommender
 
 # Tasks whose packages load into a ``Predictor`` (labels and class probabilities out).
@@ -163,10 +165,12 @@ def load(
     num_threads: int | None = None,
     inter_op_threads: int | None = None,
     verify: bool = True,
-) -> Predictor | Recommender:
-    """Load a model package folder into a ``Predictor`` (a ``Recommender`` for recommendation).
+) -> Predictor | Recommender | Generator:
+    """Load a model package folder into a ``Predictor`` (a ``Recommender`` for recommendation,
+    a ``Generator`` for text generation).
 
-    Prefer ``load_classifier`` or ``load_recommender`` when only one kind of package will do.
+    Prefer ``load_classifier``, ``load_recommender`` or ``load_generator`` when only one kind of
+    package will do.
 
     Args:
         path: the package folder (holding ``kiln.json``).
@@ -184,6 +188,10 @@ def load(
         from kiln.runtime.recommender import recommender_from_manifest
 
         return recommender_from_manifest(folder, manifest, num_threads=num_threads)
+    if manifest.get("task") == "text-generation":
+        from kiln.runtime.generation import generator_from_manifest
+
+        return generator_from_manifest(folder, manifest, device=device, num_threads=num_threads)
     return _classifier_from_manifest(
         folder, manifest, device=device, num_threads=num_threads, inter_op_threads=inter_op_threads
     )
