@@ -277,6 +277,10 @@ def load_served_model(
         predictor = (loader or load)(resolved.path, device=device, num_threads=num_threads)
     except KilnError as exc:
         raise ModelLoadError(f"{source}: {exc}") from exc
+    if not isinstance(predictor, Predictor | Recommender):
+        raise ModelLoadError(
+            f"{source}: a {predictor.task!r} package; kiln serve serves classification and recommendation packages"
+        )
     try:
         served = ServedModel(
             name=name or resolved.name or str(predictor.manifest.get("name") or resolved.path.name),

@@ -45,3 +45,12 @@ def test_served_model_refuses_a_thread_count_it_has_no_engine_for(text_package: 
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"engines for \[1\] intra-op threads, not 3"):
         served.predict_batch(["fine"], 3)
+
+
+def test_load_served_model_refuses_a_text_generation_package(tmp_path: Path) -> None:
+    from kiln.serve.models import ModelLoadError
+    from tests.helpers import tiny_generation_package
+
+    package = tiny_generation_package(tmp_path / "gen")
+    with pytest.raises(ModelLoadError, match="a 'text-generation' package; kiln serve serves classification"):
+        load_served_model(name=None, version=1, source=str(package), device="cpu", num_threads=1, chunk_size=4)
