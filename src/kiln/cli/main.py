@@ -143,16 +143,77 @@ def eval_(
 @app.command()
 def predict(
     package: Annotated[str, typer.Argument(help=REFERENCE_HELP)],
-    inputs: Annotated[list[str], typer.Argument(help="Raw texts to classify")],
+    inputs: Annotated[
+        list[str], typer.Argument(help="Raw texts to classify, or the prompt of a text-generation package")
+    ],
+    max_new_tokens: Annotated[
+        int | None, typer.Option("--max-new-tokens", help="Most tokens to generate (default: the package's)")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", help="Sampling temperature; 0 is greedy (default: the package's)")
+    ] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass in (0, 1]")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Sample among the k likeliest tokens (0: all)")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed, for a repeatable answer")] = None,
+    system: Annotated[
+        str | None, typer.Option("--system", help="A system message before the prompt (needs a chat template)")
+    ] = None,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Send the prompt as plain text, not through the chat template")
+    ] = False,
 ) -> None:
-    """Classify raw texts with a package and print one JSON result per line."""
-    from kiln.cli.recording import resolve_package
-    from kiln.runtime import load_classifier
+    """Classify raw texts (one JSON result per line), or stream a text-generation package's answer to a prompt.
 
+    A prompt goes to a package with a chat template as a user message (after the --system
+    message); the answer is printed as it is decoded.
+    """
+    from kiln.cli.recording import resolve_package
+    from kiln.runtime import load_classifier, read_manifest
+
+    params = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "seed": seed,
+    }
+    given = {k: v for k, v in params.items() if v is not None}
     with user_errors():
-        predictor = load_classifier(resolve_package(package)[0])
+        folder = resolve_package(package)[0]
+        if read_manifest(folder, verify=False).get("task") == "text-generation":
+            _stream_answer(folder, inputs, given, system=system, is_raw=raw)
+            return
+        if given or system is not None or raw:
+            options = ", ".join(f"--{k.replace('_', '-')}" for k in given) or ("--system" if system else "--raw")
+            raise KilnError(f"{options}: generation options apply to text-generation packages only")
+        predictor = load_classifier(folder)
         for text, result in zip(inputs, predictor.predict(inputs), strict=True):
             typer.echo(json.dumps({"input": text, **result}))
+
+
+def _stream_answer(
+    folder: Path, inputs: list[str], params: dict[str, Any], *, system: str | None, is_raw: bool
+) -> None:
+    import sys
+
+    from kiln.runtime import load_generator
+
+    if len(inputs) != 1:
+        raise KilnError(f"a text-generation package takes one prompt, got {len(inputs)}")
+    generator = load_generator(folder)
+    prompt: Any = inputs[0]
+    if system is not None or (generator.chat_template is not None and not is_raw):
+        if is_raw:
+            raise KilnError("--system and --raw: a system message needs the chat template, which --raw skips")
+        system_message = [{"role": "system", "content": system}] if system is not None else []
+        prompt = [*system_message, {"role": "user", "content": inputs[0]}]
+    pieces = generator.stream(prompt, **params)
+    if pieces.truncated_tokens:
+        typer.echo(f"note: the prompt was cut by {pieces.truncated_tokens} tokens from the left to fit", err=True)
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
 
 
 def _print_report(report: dict[str, Any]) -> None:
