@@ -135,29 +135,13 @@ GENERATION_TEXTS = [
     "日本語のテキストと絵文字 🙂 もあります",
     "question: what is the capital of france? answer: paris",
 ] * 4
-# A chat template in the <|role|> style of the GPTs Kiln trains.
-TINY_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
 
 
 def tiny_byte_bpe(dest: Path, vocab_size: int = 300) -> Path:
     """A byte-level BPE tokenizer file trained on a few sentences (multi-byte characters included)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from kiln.data.tokenizer import GPT_SPECIAL_TOKENS, train_byte_bpe
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(GENERATION_TEXTS, trainer)
-    tokenizer.save(str(dest))
-    return dest
+    return train_byte_bpe(GENERATION_TEXTS, vocab_size, dest, special_tokens=list(GPT_SPECIAL_TOKENS))
 
 
 def tiny_causal_lm(vocab_size: int, *, family: str = "llama", context_length: int = 64, seed: int = 0) -> Any:
@@ -197,13 +181,15 @@ def tiny_generation_package(
     *,
     family: str = "llama",
     context_length: int = 64,
-    chat_template: str | None = TINY_CHAT_TEMPLATE,
+    chat_template: str | None = "default",
     eos_token: str = "<|endoftext|>",
     **generation: Any,
 ) -> Path:
-    """A text-generation package of a tiny random causal LM, written by Kiln's own package writer."""
+    """A text-generation package of a tiny random causal LM, written by Kiln's own package writer
+    (``chat_template="default"``: the template of the GPTs Kiln trains)."""
     from tokenizers import Tokenizer
 
+    from kiln.data.chat import DEFAULT_CHAT_TEMPLATE
     from kiln.runtime.generation import write_generation_package
 
     tokenizer_file = tiny_byte_bpe(dest.parent / f"{dest.name}-tokenizer.json")
@@ -212,14 +198,14 @@ def tiny_generation_package(
         dest,
         model=tiny_causal_lm(vocab_size, family=family, context_length=context_length),
         tokenizer_file=tokenizer_file,
-        chat_template=chat_template,
+        chat_template=DEFAULT_CHAT_TEMPLATE if chat_template == "default" else chat_template,
         manifest={
             "name": dest.name,
             "preprocessing": {
                 "context_length": context_length,
                 "bos_token": None,
                 "eos_token": eos_token,
-                "special_tokens": {"system_token": "<|system|>", "user_token": "<|user|>"},
+                "special_tokens": {},
             },
             "generation": {"max_new_tokens": 16, **generation},
             "lineage": {"parent": None, "transformation": "test-fixture", "settings": {}},

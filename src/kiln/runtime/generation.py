@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.config.schema import GenerationConfig
 from kiln.errors import ConfigError, PackageError
-from kiln.runtime.chat_template import render_messages
 from kiln.runtime.decoding import FinishReason, TextStream, decode_batch
 from kiln.runtime.package import (
     finalize_package,
@@ -34,6 +32,8 @@ if TYPE_CHECKING:
     import torch
     from tokenizers import Tokenizer
 
+    from kiln.config.schema import GenerationConfig
+
 log = logging.getLogger(__name__)
 
 TASK = "text-generation"
@@ -43,6 +43,8 @@ TOKENIZER_NAME = "tokenizer.json"
 CHAT_TEMPLATE_NAME = "chat_template.jinja"
 # Call parameters beyond GenerationConfig's fields: the sampling seed (none: fresh randomness).
 _EXTRA_PARAMS = ("seed",)
+# The roles a chat message may have.
+_ROLES = ("system", "user", "assistant")
 # Sequences scored in one forward pass.
 _SCORE_BATCH = 8
 
@@ -105,6 +107,8 @@ def write_generation_package(
         ValueError: the manifest lacks the context length or names an EOS token the tokenizer lacks.
     """
     from tokenizers import Tokenizer
+
+    from kiln.config.schema import GenerationConfig
 
     preprocessing = dict(manifest.get("preprocessing") or {})
     _check_preprocessing(preprocessing, Tokenizer.from_file(str(tokenizer_file)))
@@ -194,6 +198,8 @@ class Generator:
         tokenizer: Tokenizer,
         chat_template: str | None,
     ) -> None:
+        from kiln.config.schema import GenerationConfig
+
         self.path = path
         self.manifest = manifest
         self.task: str = TASK
@@ -225,7 +231,8 @@ class Generator:
 
         Raises:
             PackageError: messages for a package without a chat template.
-            InputError: messages that are not ``{"role": str, "content": str}`` mappings.
+            InputError: messages that are not ``{"role": system|user|assistant, "content": str}``.
+            DataError: the template refuses the messages.
         """
         if isinstance(prompt, str):
             return prompt
@@ -234,7 +241,12 @@ class Generator:
                 f"{self.path}: the package has no chat template (preprocessing.chat_template_file is empty), "
                 "so it takes plain text prompts, not chat messages"
             )
-        return render_messages(self.chat_template, prompt, special_tokens=self.special_tokens, origin=self.path)
+        from kiln.data.chat import render_chat
+
+        checked = [_checked_message(i, m) for i, m in enumerate(prompt)]
+        if not checked:
+            raise InputError("the chat prompt holds no messages")
+        return render_chat(self.chat_template, checked, add_generation_prompt=True, special_tokens=self.special_tokens)
 
     def generate(self, prompts: Sequence[Prompt], **params: Any) -> list[Generation]:
         """Generate an answer to every prompt, batched (padded on the left).
@@ -304,6 +316,8 @@ class Generator:
         return total, count
 
     def _settings(self, params: Mapping[str, Any]) -> tuple[GenerationConfig, int | None]:
+        from kiln.config.schema import GenerationConfig
+
         allowed = (*GenerationConfig.model_fields, *_EXTRA_PARAMS)
         unknown = sorted(set(params) - set(allowed))
         if unknown:
@@ -397,6 +411,17 @@ class Generator:
         if token_id is None:
             raise PackageError(f"{self.path}: preprocessing.{field} {token!r} is not a token of tokenizer.json")
         return int(token_id)
+
+
+def _checked_message(index: int, message: object) -> dict[str, str]:
+    if not isinstance(message, Mapping):
+        raise InputError(f"message {index} must be a mapping with role and content, got {type(message).__name__}")
+    role, content = message.get("role"), message.get("content")
+    if role not in _ROLES:
+        raise InputError(f"message {index}: role must be one of {', '.join(_ROLES)}, got {role!r}")
+    if not isinstance(content, str):
+        raise InputError(f"message {index}: content must be a string, got {type(content).__name__}")
+    return {"role": role, "content": content}
 
 
 def _right_padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:

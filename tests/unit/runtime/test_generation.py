@@ -203,7 +203,8 @@ def test_package_round_trip_gives_the_same_logits(tmp_path: Path, family: str) -
         manifest={"name": "pkg", "preprocessing": {"context_length": 64, "eos_token": "<|endoftext|>"}},
     )
     assert manifest["task"] == "text-generation" and manifest["labels"] == []
-    assert manifest["architecture"] == {"family": "hf-causal-lm", "weights": "model.safetensors", "config": "config.json"}
+    architecture = {"family": "hf-causal-lm", "weights": "model.safetensors", "config": "config.json"}
+    assert manifest["architecture"] == architecture
     assert manifest["generation"]["max_new_tokens"] == 128  # GenerationConfig's defaults filled in
     loaded = kiln.runtime.load(tmp_path / "pkg")
     assert isinstance(loaded, Generator)
