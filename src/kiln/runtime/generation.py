@@ -260,8 +260,8 @@ class Generator:
             ConfigError: an unknown parameter or a value out of range, naming it.
             InputError: a prompt too long for the context when the package refuses truncation.
         """
-        if isinstance(prompts, str):
-            raise InputError("generate takes a list of prompts; for one prompt pass [prompt]")
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], Mapping)):
+            raise InputError("generate takes a list of prompts; for one prompt or one chat pass [prompt]")
         if not prompts:
             return []
         config, seed = self._settings(params)

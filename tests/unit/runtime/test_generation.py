@@ -213,6 +213,34 @@ def test_package_round_trip_gives_the_same_logits(tmp_path: Path, family: str) -
         torch.testing.assert_close(loaded.model(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
+def test_package_of_a_bf16_model_loads_in_bf16_and_generates(tmp_path: Path) -> None:
+    from tests.helpers import tiny_byte_bpe
+
+    model = tiny_causal_lm(300).to(torch.bfloat16)
+    manifest = kiln.runtime.generation.write_generation_package(
+        tmp_path / "pkg",
+        model=model,
+        tokenizer_file=tiny_byte_bpe(tmp_path / "tok.json"),
+        chat_template=None,
+        manifest={"name": "pkg", "preprocessing": {"context_length": 64, "eos_token": "<|endoftext|>"}},
+        precision="bf16",
+    )
+    assert (manifest["precision"], manifest["architecture"]["dtype"]) == ("bf16", "bfloat16")
+    generator = load_generator(tmp_path / "pkg")
+    assert next(generator.model.parameters()).dtype == torch.bfloat16
+    ids = torch.tensor([[5, 17, 42]])
+    with torch.inference_mode():
+        torch.testing.assert_close(generator.model(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert generator.generate(["the cat"], max_new_tokens=4)[0].new_tokens >= 1
+
+
+def test_generate_refuses_a_bare_prompt_or_chat(llama: Generator) -> None:
+    with pytest.raises(InputError, match="pass \\[prompt\\]"):
+        llama.generate("the cat")
+    with pytest.raises(InputError, match="pass \\[prompt\\]"):
+        llama.generate([{"role": "user", "content": "hi"}])
+
+
 def test_score_sums_the_cross_entropy_of_the_counted_tokens(llama: Generator) -> None:
     ids = [llama.tokenizer.encode(t).ids for t in ("the cat sat on the mat", "a dog")]
     with torch.inference_mode():
