@@ -251,6 +251,9 @@ class Generator:
     def generate(self, prompts: Sequence[Prompt], **params: Any) -> list[Generation]:
         """Generate an answer to every prompt, batched (padded on the left).
 
+        Greedy answers do not depend on the batch; sampled ones draw every row from one seeded
+        ``torch.Generator``, so the same prompts with the same seed give the same answers.
+
         Args:
             prompts: strings used as they are, or chat messages rendered through the chat template.
             params: overrides of the package's generation defaults (``max_new_tokens``,
