@@ -1,4 +1,4 @@
-"""Evaluation of text-generation packages through ``kiln.evaluate``."""
+"""Evaluation of text-generation packages through ``kiln.evaluate`` and the ``kiln eval`` / ``kiln compare`` CLI."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ import pytest
 
 import kiln.evaluate
 from kiln.errors import DataError
+from kiln.evaluate.compare import CompareError, compare_packages
 from kiln.evaluate.decode_speed import measure_decoding
 from kiln.evaluate.generation import is_exact_match, rouge_l
-from tests.helpers import tiny_byte_bpe, tiny_causal_lm
+from kiln.runtime.measures import pareto_front
+from tests.helpers import kiln_cli, tiny_byte_bpe, tiny_causal_lm
 
 pytestmark = pytest.mark.timeout(300)
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SYSTEM_PROMPT = "You answer in a few words."
 QUESTIONS = [
     ("what colour is the sky", "the sky is blue"),
@@ -288,6 +291,28 @@ def test_measure_decoding_splits_first_token_from_the_rest(chat_package: Path) -
     assert speed["ttft_ms"]["runs"] == 4 and speed["max_new_tokens"] == 6
 
 
+def test_eval_cli_prints_generation_metrics(chat_package: Path, tmp_path: Path) -> None:
+    proc = kiln_cli("eval", str(chat_package), "--output-dir", str(tmp_path / "a"), "--speed", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    for shown in ("perplexity", "ROUGE-L", "exact match", "TTFT p50 ms", "TPOT p50 ms", "answers.jsonl"):
+        assert shown in proc.stdout
+    assert "confusion" not in proc.stdout
+
+    proc = kiln_cli("eval", str(chat_package), "--output-dir", str(tmp_path / "b"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["task"] == "text-generation" and report["perplexity"] > 1 and 0 <= report["rouge_l"] <= 1
+    assert report["size_mb"] > 0 and "speed" not in report
+
+
+def test_eval_cli_data_without_response_column_exits_2(chat_package: Path, tmp_path: Path) -> None:
+    data = _write_jsonl(tmp_path / "no-response.jsonl", [{"prompt": "hi", "answer": "hello"}] * 3)
+    proc = kiln_cli("eval", str(chat_package), "--data", str(data), "--output-dir", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert str(data) in proc.stderr and "'response'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_eval_generation_data_with_renamed_columns(chat_package: Path, tmp_path: Path) -> None:
     data = tmp_path / "pairs.csv"
     data.write_text("question,answer\nwhat is snow,frozen rain\nwhat is a river,flowing water\n", encoding="utf-8")
@@ -331,6 +356,25 @@ def test_rouge_l_is_f1_of_the_longest_common_subsequence() -> None:
     # LCS "the cat sat": precision 3/3, recall 3/6, F1 2/3.
     assert rouge_l(["the cat sat"], ["the cat sat on the mat"]) == pytest.approx([2 / 3])
     assert rouge_l(["blue"], ["green"]) == [0.0]
+
+
+def test_compare_generation_packages_plots_perplexity_against_tpot(chat_package: Path, tmp_path: Path) -> None:
+    recipe = json.loads((chat_package / "kiln.json").read_text())["recipe"]
+    other = _package(tmp_path / "other", recipe, seed=1)
+    proc = kiln_cli("compare", str(chat_package), str(other), "-o", str(tmp_path / "cmp"), "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "TPOT p50 ms" in proc.stdout and "perplexity" in proc.stdout and "torch/fp32" in proc.stdout
+    assert (tmp_path / "cmp" / "perplexity_vs_tpot.png").read_bytes()[:8] == PNG_MAGIC
+    report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    rows = report["rows"]
+    assert [r["package"] for r in rows] == ["chat", "other"]
+    assert all(r["perplexity"] > 1 and r["tpot_p50_ms"] > 0 and r["parameters"] > 0 for r in rows)
+    assert report["pareto"] == pareto_front([(r["tpot_p50_ms"], -r["perplexity"]) for r in rows])
+
+
+def test_compare_refuses_packages_of_different_tasks(chat_package: Path, text_package: Path, tmp_path: Path) -> None:
+    with pytest.raises(CompareError, match="different tasks"):
+        compare_packages([chat_package, text_package], output_dir=tmp_path / "cmp")
 
 
 def test_eval_classifier_data_file_keeps_its_columns(text_package: Path, tmp_path: Path) -> None:
