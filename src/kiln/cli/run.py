@@ -79,19 +79,36 @@ def summary_json(result: PipelineResult) -> dict[str, Any]:
     }
 
 
+# The columns of the summary table, by the task's headline metric: (metric, title).
+SUMMARY_COLUMNS = {
+    "ndcg@10": [("hr@10", "hr@10"), ("ndcg@10", "ndcg@10"), ("recall@20", "recall@20"), ("coverage@10", "coverage@10")],
+    "accuracy": [("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("p99_latency_ms", "p99 ms")],
+    "perplexity": [
+        ("perplexity", "perplexity"),
+        ("rouge_l", "ROUGE-L"),
+        ("ttft_ms", "TTFT ms"),
+        ("tpot_ms", "TPOT ms"),
+    ],
+}
+
+
+def _cell(metrics: dict[str, float], key: str) -> str:
+    if key not in metrics:
+        return "-"
+    return f"{metrics[key]:.2f}" if key.endswith("_ms") else f"{metrics[key]:.4f}"
+
+
 def print_summary(result: PipelineResult) -> None:
     """A table of every package with its metrics and version, then the gate's decision."""
     from rich.console import Console
     from rich.table import Table
 
+    from kiln.pipeline import headline_metric
+
     decision = result.decision
     promoted = decision.chosen.candidate.ref if decision and decision.chosen else None
-    is_ranking = bool(result.packages) and "ndcg@10" in result.packages[0].metrics
-    shown = (
-        [("hr@10", "hr@10"), ("ndcg@10", "ndcg@10"), ("recall@20", "recall@20"), ("coverage@10", "coverage@10")]
-        if is_ranking
-        else [("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("p99_latency_ms", "p99 ms")]
-    )
+    headline = headline_metric(result.packages[0].metrics) if result.packages else "accuracy"
+    shown = SUMMARY_COLUMNS[headline]
     table = Table(title="packages")
     for column in ("step", "version", *(title for _, title in shown), "size MB", "note"):
         table.add_column(column, justify="left" if column in ("step", "version", "note") else "right")
@@ -102,10 +119,9 @@ def print_summary(result: PipelineResult) -> None:
         if promoted == p.ref:
             notes.append(decision.alias if decision else "")
         m = p.metrics
-        cells = [f"{m[key]:.2f}" if key == "p99_latency_ms" else f"{m[key]:.4f}" for key, _ in shown]
+        cells = [_cell(m, key) for key, _ in shown]
         table.add_row(p.step, p.ref, *cells, f"{m['size_mb']:.2f}", ", ".join(notes))
     Console(width=120).print(table)
-    headline = "ndcg@10" if is_ranking else "accuracy"
     for p in result.packages:
         typer.echo(f"{p.ref}\t{p.step}\ttest {headline} {p.metrics[headline]:.4f}\t{p.path}")
     if result.app_dir is not None and result.app_report is not None:

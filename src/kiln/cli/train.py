@@ -42,7 +42,10 @@ def train(
 
             # Fail fast, with exit code 2, on refused settings or bad data before starting workers.
             check_recipe(cfg, resume=resume, processes=nproc_per_node * nnodes)
-            kiln.data.run(cfg)
+            if cfg.is_generation:
+                kiln.data.load_language_data(cfg)
+            else:
+                kiln.data.run(cfg)
             code = launch(
                 ["train", str(recipe), *(overrides or []), *(["--resume"] if resume else [])],
                 nproc_per_node=nproc_per_node,

@@ -26,15 +26,25 @@ METRICS = (
     "accuracy",
     "macro_f1",
     "ece",
+    # text-generation: held-out perplexity and mean token loss; ROUGE-L F1 and exact match of
+    # greedy answers to test prompts (instruction data)
+    "perplexity",
+    "loss",
+    "rouge_l",
+    "exact_match",
     "p50_latency_ms",
     "p95_latency_ms",
     "p99_latency_ms",
+    # text-generation at batch 1: time to first token, time per output token, output tokens/s
+    "ttft_ms",
+    "tpot_ms",
+    "tokens_per_s",
     "size_mb",
 )
 # Metrics that depend on the data they were measured on (comparable only on the same fingerprint).
-QUALITY_METRICS = ("accuracy", "macro_f1", "ece")
+QUALITY_METRICS = ("accuracy", "macro_f1", "ece", "perplexity", "loss", "rouge_l", "exact_match")
 # Metrics that depend on the machine and its load (comparable only when timed in the same run).
-LATENCY_METRICS = ("p50_latency_ms", "p95_latency_ms", "p99_latency_ms")
+LATENCY_METRICS = ("p50_latency_ms", "p95_latency_ms", "p99_latency_ms", "ttft_ms", "tpot_ms", "tokens_per_s")
 # The reserved owner name of ``baseline.NAME``: the run's baseline package, never an alias.
 BASELINE = "baseline"
 COMPARISONS: dict[str, Callable[[float, float], bool]] = {

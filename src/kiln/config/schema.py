@@ -391,13 +391,11 @@ class LoraConfig(Section):
     # Rank of each low-rank adapter (Hu et al. 2021).
     rank: int = Field(default=8, ge=1, le=256)
     # Scaling numerator: the adapter's update is multiplied by alpha / rank.
-    alpha: float = Field(default=16.0, gt=0.0)
+    alpha: int = Field(default=16, ge=1)
     # Dropout on the adapter's input.
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     # Names of the linear layers that get adapters; empty means every linear layer but the output head.
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    # Merge the trained adapters into the weights of the package (otherwise they stay separate files).
-    merge: bool = True
 
 
 class GenerationConfig(Section):

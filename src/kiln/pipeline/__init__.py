@@ -35,6 +35,7 @@ _COMPRESS_KEY_EXCLUDED = {"steps", "num_threads"}
 RANKING_METRICS = ("hr@10", "ndcg@10", "recall@20", "coverage@10")
 # Test inputs cycled through for the batch-1 latency percentiles.
 LATENCY_SAMPLE_SIZE = 64
+PROMPT_CHARS = 200  # characters of a test document that prompt a pretrained language model when timing it
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,8 @@ def _prepare_data(recipe: Recipe) -> tuple[str, str, list[Any]]:
     """Where the data comes from, its fingerprint, and test inputs for timing latency."""
     from kiln.data.interactions import is_recommendation_dataset, load_interactions, split_leave_last_out
 
+    if recipe.is_generation:
+        return _prepare_language_data(recipe)
     if is_recommendation_dataset(recipe.data.dataset):
         assert recipe.data.dataset is not None
         splits = split_leave_last_out(
@@ -119,6 +122,18 @@ def _prepare_data(recipe: Recipe) -> tuple[str, str, list[Any]]:
 
     dataset = kiln.data.run(recipe)
     return dataset.origin, dataset.fingerprint, list(dataset.test.inputs[:LATENCY_SAMPLE_SIZE])
+
+
+def _prepare_language_data(recipe: Recipe) -> tuple[str, str, list[Any]]:
+    """A language model's data, fingerprint and test prompts: each test conversation without its
+    answer, or the opening of each test document."""
+    import kiln.data
+
+    data = kiln.data.load_language_data(recipe)
+    prompts: list[Any] = []
+    for item in data.test[:LATENCY_SAMPLE_SIZE]:
+        prompts.append(list(item[:-1]) if data.objective == "sft" else str(item)[:PROMPT_CHARS])
+    return data.origin, data.fingerprint, prompts
 
 
 def _build_app(
@@ -222,13 +237,21 @@ def _evaluate(recipe: Recipe, package: PackageOutcome, work_dir: Path, report: R
     inputs = {"package": package.digest, "eval": recipe.eval.model_dump(mode="json")}
     out = cache.reuse_or_make(work_dir, "eval", inputs, make)
     metrics = out.record["metrics"]
-    headline = "ndcg@10" if "ndcg@10" in metrics else "accuracy"
+    headline = headline_metric(metrics)
     if out.is_reused:
         report(f"evaluate {package.step}: skipped, {out.folder} already holds its test metrics")
     else:
         report(f"evaluate {package.step}: {headline} {metrics[headline]:.4f}")
     skipped = (*package.skipped, "evaluate") if out.is_reused else package.skipped
     return replace(package, metrics=metrics, eval_dir=out.folder, skipped=skipped)
+
+
+def headline_metric(metrics: dict[str, float]) -> str:
+    """The metric a package's task is judged by first: accuracy, ndcg@10 or perplexity."""
+    for name in ("ndcg@10", "perplexity"):
+        if name in metrics:
+            return name
+    return "accuracy"
 
 
 def _latency_timer(recipe: Recipe, sample_inputs: list[Any], report: Report) -> TimeLatency | None:
@@ -311,9 +334,7 @@ def _promote(
         return None
     candidates = [Candidate(p.step, p.ref, p.metrics, fingerprint) for p in packages]
     baseline = [c for c in candidates if c.step == recipe.promote.baseline][-1]  # the recipe names a step it makes
-    decision = promote(
-        registry, recipe.name, recipe.promote, candidates, baseline=baseline, time_latency=time_latency
-    )
+    decision = promote(registry, recipe.name, recipe.promote, candidates, baseline=baseline, time_latency=time_latency)
     report(f"promote: {decision.reason}")
     return decision
 

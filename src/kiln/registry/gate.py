@@ -130,7 +130,7 @@ def decide(
     chosen = max(enumerate(passing), key=lambda item: _rank(item[1].candidate, item[0]))[1]
     ref = chosen.candidate.ref
     how = (
-        f"highest test accuracy of {len(passing)} package(s) passing every rule"
+        f"{_best_by(passing)} of {len(passing)} package(s) passing every rule"
         if cfg.candidate == "best"
         else f"candidate {cfg.candidate!r} passes every rule"
     )
@@ -140,6 +140,12 @@ def decide(
         before = f"was {previous_ref}" if previous_ref else f"no {cfg.alias} version before"
         reason = f"{ref} promoted to {cfg.alias} ({how}; {before})"
     return Decision(cfg.alias, previous_ref, chosen, ref != previous_ref, reason, considered)
+
+
+def _best_by(passing: Sequence[CandidateCheck]) -> str:
+    metrics = passing[0].candidate.metrics
+    is_language_model = "perplexity" in metrics and "accuracy" not in metrics
+    return "lowest test perplexity" if is_language_model else "highest test accuracy"
 
 
 def _pool(candidate: str, candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -152,8 +158,11 @@ def _pool(candidate: str, candidates: Sequence[Candidate]) -> list[Candidate]:
 
 
 def _rank(candidate: Candidate, index: int) -> tuple[float, float, int]:
-    """Highest accuracy first; then the lowest p99 latency; then the later package."""
+    """Highest accuracy (a language model: lowest perplexity) first; then the lowest p99 latency
+    (time per output token); then the later package."""
     metrics = candidate.metrics
+    if "perplexity" in metrics and "accuracy" not in metrics:
+        return (-float(metrics["perplexity"]), -float(metrics.get("tpot_ms", float("inf"))), index)
     return (
         float(metrics.get("accuracy", float("-inf"))),
         -float(metrics.get("p99_latency_ms", float("inf"))),
@@ -194,9 +203,7 @@ def _check(
     return RuleCheck(rule.text, "pass" if holds else "fail", detail)
 
 
-def _refusal(
-    rule: Rule, candidate: Candidate, holders: Mapping[str, Holder | None], baseline: Candidate | None
-) -> str:
+def _refusal(rule: Rule, candidate: Candidate, holders: Mapping[str, Holder | None], baseline: Candidate | None) -> str:
     """Why the rule's numbers are not comparable with the candidate's ("" when they are)."""
     for metric in rule.metrics:
         if metric.alias is None:

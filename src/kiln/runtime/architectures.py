@@ -27,6 +27,15 @@ BERT_SIZES: dict[str, tuple[int, int, int]] = {
     "base": (12, 768, 12),
 }
 
+# GPT-style decoders built from config (Llama blocks: RoPE, RMSNorm, SwiGLU, tied embeddings):
+# (layers, hidden, heads). "base" is GPT-2 small's shape.
+GPT_SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (2, 128, 4),
+    "mini": (4, 256, 4),
+    "small": (6, 384, 6),
+    "base": (12, 768, 12),
+}
+
 
 class ConvNet(nn.Module):
     """A small CNN: conv-BN-ReLU-maxpool blocks, then one hidden layer and the classifier."""
@@ -95,6 +104,30 @@ def bert_config(*, size: str, vocab_size: int, num_labels: int, max_length: int,
         hidden_dropout_prob=drop,
         attention_probs_dropout_prob=drop,
         num_labels=num_labels,
+    )
+
+
+def gpt_config(
+    *, size: str, vocab_size: int, context_length: int, dropout: float | None, bos_token_id: int, eos_token_id: int
+) -> Any:
+    """A ``LlamaConfig`` for a GPT-style decoder of a named size (see ``GPT_SIZES``); padding
+    uses the end-of-text token."""
+    from transformers import LlamaConfig
+
+    layers, hidden, heads = GPT_SIZES[size]
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3 // 32 * 32 or hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=context_length,
+        attention_dropout=0.0 if dropout is None else dropout,
+        tie_word_embeddings=True,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id,
     )
 
 

@@ -18,14 +18,30 @@ if TYPE_CHECKING:
 WEIGHTS_NAME = "model.safetensors"
 
 
+def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict on the CPU, ready for safetensors.
+
+    safetensors refuses tensors that share memory; tied weights (a language model's input
+    embedding and output head) are one tensor under two names, so the second name gets a copy.
+    Loading writes the same values into the one tensor twice.
+    """
+    seen: set[tuple[int, int]] = set()
+    tensors = {}
+    for name, value in model.state_dict().items():
+        tensor = value.detach().cpu().contiguous()
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        tensors[name] = tensor.clone() if key in seen and tensor.numel() else tensor
+        seen.add(key)
+    return tensors
+
+
 def save_torch_model(model: nn.Module, folder: Path, architecture: dict[str, Any]) -> dict[str, Any]:
     """Write ``model``'s weights (and HF config) into ``folder``; return the manifest entry."""
     from safetensors.torch import save_file
 
     if architecture["family"] == "hf":
         cast("PreTrainedModel", model).config.to_json_file(str(folder / "config.json"))
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    save_file(state_tensors(model), str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     return dict(architecture, weights=WEIGHTS_NAME)
 
 

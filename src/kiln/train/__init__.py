@@ -52,7 +52,11 @@ def check_recipe(recipe: Recipe, *, resume: bool = False, processes: int = 1) ->
     """
     from kiln.data.interactions import is_recommendation_dataset
 
-    if is_recommendation_dataset(recipe.data.dataset):
+    if recipe.is_generation:
+        from kiln.train import lm
+
+        lm.check_settings(recipe, resume=resume, processes=processes)
+    elif is_recommendation_dataset(recipe.data.dataset):
         from kiln.train import recommend
 
         recommend.check_settings(recipe, resume=resume, processes=processes)
@@ -70,6 +74,8 @@ def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
 
     # A worker torchrun started by hand sees the run's size only in WORLD_SIZE.
     check_recipe(recipe, resume=resume, processes=int(os.environ.get("WORLD_SIZE", "1")))
+    if recipe.is_generation:
+        return _run_language_model(recipe, resume=resume)
     if is_recommendation_dataset(recipe.data.dataset):
         return _run_recommendation(recipe)
 
@@ -168,6 +174,31 @@ def run(recipe: Recipe, *, resume: bool = False) -> TrainResult:
         run_dir=run_dir,
         package_dir=package_dir,
         metrics=result.best_metrics,
+        steps=result.steps,
+        samples_per_s=result.samples_per_s,
+    )
+
+
+def _run_language_model(recipe: Recipe, *, resume: bool) -> TrainResult:
+    import torch
+
+    from kiln.train import lm
+    from kiln.train.distributed import init_from_env, shutdown
+
+    info = init_from_env()
+    try:
+        threads = recipe.train.num_threads or max(1, (os.cpu_count() or 1) // info.local_world_size)
+        torch.set_num_threads(threads)
+        _seed_everything(recipe.train_seed)
+        run_dir = run_dir_for(recipe)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        result = lm.run(recipe, run_dir, resume=resume, info=info, threads=threads)
+    finally:
+        shutdown(info)
+    return TrainResult(
+        run_dir=result.run_dir,
+        package_dir=result.package_dir,
+        metrics=result.metrics,
         steps=result.steps,
         samples_per_s=result.samples_per_s,
     )

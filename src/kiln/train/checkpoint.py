@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from kiln.errors import ConfigError
+from kiln.runtime.weights import state_tensors
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 AVERAGE_FILE = "average.safetensors"
@@ -49,9 +50,9 @@ def save_checkpoint(
     final = folder / f"step-{step:08d}"
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=folder))
     try:
-        save_file(_tensors(model), str(staging / "model.safetensors"))
+        save_file(state_tensors(model), str(staging / "model.safetensors"))
         if average is not None:
-            save_file(_tensors(average), str(staging / AVERAGE_FILE))
+            save_file(state_tensors(average), str(staging / AVERAGE_FILE))
         torch.save(trainer_state, staging / "trainer.pt")
         _fsync_dir(staging)
         if final.exists():
@@ -102,10 +103,6 @@ def load_checkpoint(ckpt: Checkpoint, model: nn.Module, *, average: nn.Module | 
             "kept the weight average; resume with the run's own train.ema_decay or start again without --resume"
         )
     return torch.load(ckpt.path / "trainer.pt", weights_only=True)
-
-
-def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 def remove_stale(folder: Path) -> None:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kiln.runtime.architectures import logits_of
+from kiln.runtime.weights import state_tensors
 from kiln.train.distributed import DistInfo, all_reduce_sum
 from kiln.train.features import Features
 
@@ -24,7 +25,7 @@ class Evaluation:
     scored: nn.Module  # evaluated, kept as the best weights and packaged: the average when there is one
     net: nn.Module  # runs the forward pass: the DDP wrapper, or the average itself
     features: Features
-    labels: np.ndarray
+    labels: np.ndarray | None  # None for a language model (its batches carry their targets)
     num_labels: int
     batch_size: int
     autocast: Any
@@ -33,8 +34,11 @@ class Evaluation:
 
 
 def evaluate(evaluation: Evaluation, info: DistInfo) -> dict[str, float]:
-    """Accuracy, macro-F1 and mean loss on the split, each rank scoring a strided shard."""
+    """Accuracy, macro-F1 and mean loss on the split (a language model: mean token loss and
+    perplexity), each rank scoring a strided shard."""
     net, features, labels = evaluation.net, evaluation.features, evaluation.labels
+    if labels is None:
+        return _evaluate_language_model(evaluation, info)
     num_labels, batch_size = evaluation.num_labels, evaluation.batch_size
     net.eval()
     confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)
@@ -67,11 +71,51 @@ def evaluate(evaluation: Evaluation, info: DistInfo) -> dict[str, float]:
     }
 
 
+def language_model_loss(
+    net: nn.Module, features: dict[str, torch.Tensor], autocast: Any, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Summed next-token cross-entropy of a causal language model over the batch's target tokens.
+
+    ``features["labels"]`` holds each position's own token, -100 where no loss is taken; the
+    logits at position t predict the label at t + 1.
+    """
+    labels = features["labels"]
+    inputs = {k: v for k, v in features.items() if k != "labels"}
+    with autocast:
+        logits = net(**inputs).logits
+    return F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+        label_smoothing=label_smoothing,
+    )
+
+
+def _evaluate_language_model(evaluation: Evaluation, info: DistInfo) -> dict[str, float]:
+    """Mean next-token loss over every target token of the split, and its perplexity."""
+    import math
+
+    net, features = evaluation.net, evaluation.features
+    net.eval()
+    totals = torch.zeros(2, dtype=torch.float64)  # summed loss, target tokens
+    shard = np.arange(len(features))[info.rank :: info.world_size]
+    with torch.no_grad():
+        for start in range(0, len(shard), evaluation.batch_size):
+            index = shard[start : start + evaluation.batch_size]
+            batch = {k: t.to(info.device) for k, t in features.batch(index).items()}
+            totals[0] += language_model_loss(net, batch, evaluation.autocast).double().cpu()
+            totals[1] += int((batch["labels"][:, 1:] != -100).sum())
+    all_reduce_sum(info, totals)
+    loss = totals[0].item() / max(1.0, totals[1].item())
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
 def save_weights_atomic(model: nn.Module, path: Path) -> None:
     """Write the model's weights to ``path`` through a temporary file, so a reader never sees half of them."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    save_file(state_tensors(model), str(tmp))
     os.replace(tmp, path)

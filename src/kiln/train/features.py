@@ -63,3 +63,42 @@ class ImageFeatures:
             assert self.augment is not None
             unit = augment_images(unit, self.augment, rng)
         return {k: torch.from_numpy(v) for k, v in self.preprocessor.normalize(unit).items()}
+
+
+class TokenFeatures:
+    """Token sequences of a causal language model: packed text, or rendered conversations whose
+    loss mask marks the response tokens. Each batch is padded on the right to its longest sequence."""
+
+    def __init__(self, ids: Sequence[np.ndarray], masks: Sequence[np.ndarray], pad_id: int) -> None:
+        self.ids = [np.asarray(x, dtype=np.int64) for x in ids]
+        self.masks = [np.asarray(m, dtype=bool) for m in masks]
+        self.pad_id = pad_id
+        # Position t's logits predict token t + 1: the first token of a sequence is never a target.
+        self._targets = np.array([int(m[1:].sum()) for m in self.masks], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def lengths(self) -> np.ndarray:
+        """Token count of every sequence."""
+        return np.array([len(x) for x in self.ids], dtype=np.int64)
+
+    def targets(self, index: np.ndarray) -> int:
+        """How many tokens the sequences at ``index`` contribute to the loss."""
+        return int(self._targets[index].sum())
+
+    def batch(self, index: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        width = max(len(self.ids[i]) for i in index)
+        input_ids = np.full((len(index), width), self.pad_id, dtype=np.int64)
+        labels = np.full((len(index), width), -100, dtype=np.int64)
+        attention = np.zeros((len(index), width), dtype=np.int64)
+        for row, i in enumerate(index):
+            ids, mask = self.ids[i], self.masks[i]
+            input_ids[row, : len(ids)] = ids
+            attention[row, : len(ids)] = 1
+            labels[row, : len(ids)] = np.where(mask, ids, -100)
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention),
+            "labels": torch.from_numpy(labels),
+        }

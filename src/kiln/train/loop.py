@@ -38,7 +38,7 @@ from kiln.train.checkpoint import (
 )
 from kiln.train.distributed import DistInfo, all_reduce_sum, barrier, broadcast_from_main, gather_objects
 from kiln.train.ema import WeightAverage
-from kiln.train.evaluation import Evaluation, evaluate, save_weights_atomic
+from kiln.train.evaluation import Evaluation, evaluate, language_model_loss, save_weights_atomic
 from kiln.train.features import Features
 from kiln.train.optim import build_optimizer, build_scheduler
 
@@ -104,7 +104,7 @@ class _Parts:
     scheduler: Any
     ema: WeightAverage | None
     features: Features
-    labels: np.ndarray
+    labels: np.ndarray | None  # None for a language model: its targets are its own next tokens
     autocast: Any
     cfg: TrainConfig
     seed: int
@@ -115,9 +115,9 @@ def fit(
     model: nn.Module,
     *,
     train: Features,
-    train_labels: np.ndarray,
+    train_labels: np.ndarray | None,
     validation: Features,
-    validation_labels: np.ndarray,
+    validation_labels: np.ndarray | None,
     num_labels: int,
     cfg: TrainConfig,
     seed: int,
@@ -126,7 +126,12 @@ def fit(
     resume: bool,
     eval_batch_size: int,
 ) -> FitResult:
-    """Train ``model`` in place; on return it holds the best weights seen on validation."""
+    """Train ``model`` in place; on return it holds the best weights seen on validation.
+
+    Without labels (``train_labels`` None) the model is a causal language model: each batch
+    carries its ``labels`` (next-token targets, -100 where no loss is taken) and the loss is the
+    mean over every target token of the global batch.
+    """
     schedule = _schedule(len(train), cfg, info.world_size)
     parts = _set_up(model, train, train_labels, cfg=cfg, seed=seed, info=info, total_steps=schedule.total_steps)
     evaluation = Evaluation(
@@ -157,13 +162,15 @@ def fit(
             epoch, batch = progress.epoch, progress.batch_in_epoch
             global_index = batches.at(epoch, batch)
             started = time.perf_counter()
-            step_loss = _train_step(parts, global_index, epoch, batch)
+            targets = _target_count(train, global_index, parts.labels)
+            step_loss = _train_step(parts, global_index, epoch, batch, targets)
             step_s = time.perf_counter() - started
             is_epoch_end = progress.advance(len(global_index), step_s, schedule.batches_per_epoch)
 
             if progress.step % cfg.log_every_steps == 0 or progress.step == schedule.total_steps:
-                loss = _global_mean(info, step_loss, len(global_index))
+                loss = _global_mean(info, step_loss, targets)
                 speed = len(global_index) / step_s if step_s > 0 else 0.0
+                tokens = {} if parts.labels is not None else {"tokens_per_s": targets / step_s if step_s > 0 else 0.0}
                 record = {
                     "type": "train",
                     "step": progress.step,
@@ -171,6 +178,7 @@ def fit(
                     "loss": loss,
                     "lr": parts.scheduler.get_last_lr()[0],
                     "samples_per_s": speed,
+                    **tokens,
                     # Wall time since this process entered the loop: steps, logging, progress,
                     # evaluations and checkpoints all included.
                     "elapsed_s": time.perf_counter() - loop_started,
@@ -205,7 +213,7 @@ def fit(
 def _set_up(
     model: nn.Module,
     train: Features,
-    train_labels: np.ndarray,
+    train_labels: np.ndarray | None,
     *,
     cfg: TrainConfig,
     seed: int,
@@ -311,11 +319,20 @@ def _restore(parts: _Parts, ckpt: Checkpoint) -> _Progress:
     return _Progress(**trainer_state["loop"])
 
 
-def _train_step(parts: _Parts, global_index: np.ndarray, epoch: int, batch: int) -> float:
+def _target_count(features: Features, global_index: np.ndarray, labels: np.ndarray | None) -> int:
+    """How many targets a global batch holds: its examples, or a language model's target tokens."""
+    if labels is not None:
+        return len(global_index)
+    return int(features.targets(global_index))  # type: ignore[attr-defined]
+
+
+def _train_step(parts: _Parts, global_index: np.ndarray, epoch: int, batch: int, targets: int) -> float:
     """One optimizer step on a global batch; return the summed loss of this rank's share of it.
 
     Each rank takes a strided shard of the global batch, split into ``grad_accum_steps``
-    micro-batches; gradients synchronise only on the last one.
+    micro-batches; gradients synchronise only on the last one. Each micro-batch's summed loss is
+    scaled by ``world_size / targets`` so that the averaged gradient is that of the mean over all
+    ``targets`` of the global batch.
     """
     cfg, info, net = parts.cfg, parts.info, parts.net
     net.train()
@@ -334,9 +351,12 @@ def _train_step(parts: _Parts, global_index: np.ndarray, epoch: int, batch: int)
         with sync:
             rng = np.random.default_rng([parts.seed, epoch, batch, k, info.rank])
             features = {key: t.to(info.device) for key, t in parts.features.batch(micro, rng).items()}
-            target = torch.from_numpy(parts.labels[micro]).to(info.device)
-            loss = _training_loss(net, features, target, cfg, parts.autocast)
-            (loss * (info.world_size / len(global_index))).backward()
+            if parts.labels is None:
+                loss = language_model_loss(net, features, parts.autocast, cfg.label_smoothing)
+            else:
+                target = torch.from_numpy(parts.labels[micro]).to(info.device)
+                loss = _training_loss(net, features, target, cfg, parts.autocast)
+            (loss * (info.world_size / targets)).backward()
         step_loss += loss.detach().double()
     if cfg.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.max_grad_norm)
