@@ -68,5 +68,5 @@ def test_gpt_pretrain_recipe_trains_on_one_and_two_processes(tmp_path: Path, hom
     manifest = json.loads((home / "runs" / "gpt-pretrain" / "package" / "kiln.json").read_text())
     assert manifest["task"] == "text-generation"
     assert manifest["lineage"]["settings"]["world_size"] == processes
-    assert manifest["data"]["origin"] == "wiki_summaries"
+    assert manifest["data"]["origin"].startswith("wiki_summaries")
     assert manifest["metrics"]["validation"]["perplexity"] > 1
