@@ -1,4 +1,5 @@
-"""``kiln compare PACKAGE... | --lineage DIR``: one table and an accuracy-vs-latency chart."""
+"""``kiln compare PACKAGE... | --lineage DIR``: one table and an accuracy-vs-latency chart
+(perplexity vs time per output token for text-generation packages)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,19 @@ def compare(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Folder for compare.json, the chart and reports")
     ] = Path("kiln-compare"),
-    data: Annotated[Path | None, typer.Option("--data", help="Labelled file; default: the recipe's test split")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help="Labelled (text generation: prompt/response) file; default: the recipe's test split"
+        ),
+    ] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print rows and front as JSON")] = False,
 ) -> None:
     """Compare packages: accuracy, macro-F1, latency, throughput, size, parameters, and the
-    Pareto front of accuracy against p50 latency."""
+    Pareto front of accuracy against p50 latency. Text-generation packages: perplexity, ROUGE-L,
+    exact match, time to first token, time per output token, tokens/s, size, parameters, and the
+    Pareto front of perplexity against time per output token."""
     from kiln.cli.main import user_errors
     from kiln.evaluate.compare import CompareError, compare_packages, comparison_table
 

@@ -91,13 +91,24 @@ def eval_(
     package: Annotated[str, typer.Argument(help=REFERENCE_HELP)],
     data: Annotated[
         Path | None,
-        typer.Option("--data", help="Labelled CSV/TSV/JSONL/Parquet file; default: the recipe's test split"),
+        typer.Option(
+            "--data",
+            help="Labelled (text generation: prompt/response) CSV/TSV/JSONL/Parquet file; "
+            "default: the recipe's test split",
+        ),
     ] = None,
-    text_column: Annotated[str, typer.Option(help="Text column in --data")] = "text",
+    text_column: Annotated[
+        str, typer.Option(help="Text column in --data (text generation: documents for perplexity)")
+    ] = "text",
     label_column: Annotated[str, typer.Option(help="Label column in --data")] = "label",
+    prompt_column: Annotated[str, typer.Option(help="Prompt column in --data (text generation)")] = "prompt",
+    response_column: Annotated[
+        str, typer.Option(help="Reference response column in --data (text generation)")
+    ] = "response",
     encoding: Annotated[str, typer.Option(help="Encoding of --data")] = "utf-8",
     output_dir: Annotated[
-        Path | None, typer.Option("--output-dir", help="Where report.json and confusion_matrix.png go")
+        Path | None,
+        typer.Option("--output-dir", help="Where report.json and confusion_matrix.png (or answers.jsonl) go"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON")] = False,
     speed: Annotated[
@@ -107,7 +118,11 @@ def eval_(
     register: Register = None,
 ) -> None:
     """Evaluate a package: accuracy, macro-F1, per-class precision/recall, confusion matrix, ECE
-    (and with --speed: latency p50/p95/p99, throughput at batch 1/8/32/128, size, peak memory)."""
+    (and with --speed: latency p50/p95/p99, throughput at batch 1/8/32/128, size, peak memory).
+
+    A text-generation package: perplexity on held-out text, ROUGE-L and exact match of greedy
+    answers to test prompts, size (and with --speed: time to first token, time per output token).
+    """
     import kiln.evaluate
     from kiln.cli.recording import register_evaluated, resolve_package
     from kiln.config.home import kiln_home
@@ -122,6 +137,8 @@ def eval_(
                 data_file=data,
                 text_column=text_column,
                 label_column=label_column,
+                prompt_column=prompt_column,
+                response_column=response_column,
                 encoding=encoding,
                 output_dir=output_dir,
                 measure_speed=speed,
@@ -129,7 +146,7 @@ def eval_(
             )
         )
         if register:
-            metrics = {k: result.report[k] for k in ("accuracy", "macro_f1", "ece")}
+            metrics = kiln.evaluate.quality_metrics(result.report)
             registered = register_evaluated(folder, name=register, metrics=metrics)
             typer.echo(f"metrics recorded on {registered}", err=True)
     if as_json:
@@ -137,6 +154,10 @@ def eval_(
         return
     _print_report(result.report)
     typer.echo(f"report: {result.output_dir / 'report.json'}")
+    if result.report.get("task") == "text-generation":
+        if "rouge_l" in result.report:
+            typer.echo(f"answers: {result.output_dir / 'answers.jsonl'}")
+        return
     typer.echo(f"confusion matrix: {result.output_dir / 'confusion_matrix.png'}")
 
 
@@ -222,6 +243,11 @@ def _print_report(report: dict[str, Any]) -> None:
 
     console = Console()
     summary = Table(title=f"{report.get('name')} on {report['data']} (n={report['n']})")
+    if report.get("task") == "text-generation":
+        if not console.is_terminal:
+            console = Console(width=160)  # piped output: keep the tables' columns whole
+        _print_generation_report(console, summary, report)
+        return
     if report.get("task") == "recommendation":
         metrics = ("hr@10", "ndcg@10", "recall@20", "coverage@10")
         for column in metrics:
@@ -245,6 +271,21 @@ def _print_report(report: dict[str, Any]) -> None:
         from kiln.evaluate.compare import speed_table
 
         console.print(speed_table(report["speed"]))
+
+
+def _print_generation_report(console: Any, summary: Any, report: dict[str, Any]) -> None:
+    columns = {"perplexity": "perplexity", "loss": "loss", "tokens": "tokens"}
+    if "rouge_l" in report:
+        columns |= {"rouge_l": "ROUGE-L", "exact_match": "exact match", "answered": "answered"}
+    columns["size_mb"] = "size MB"
+    for title in columns.values():
+        summary.add_column(title, justify="right")
+    summary.add_row(*(f"{report[k]:.4f}" if isinstance(report[k], float) else str(report[k]) for k in columns))
+    console.print(summary)
+    if "speed" in report:
+        from kiln.evaluate.compare import generation_speed_table
+
+        console.print(generation_speed_table(report["speed"]))
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
-"""The evaluation stage: ``run(config) -> EvalResult`` scores a package on labelled data.
+"""The evaluation stage: ``run(config) -> EvalResult`` scores a package on held-out data.
 
-Predictions go through ``kiln.runtime.load`` — the same code that serves the model — so the
-numbers here are the numbers users get.
+Classifiers get accuracy and calibration on labelled data, recommenders ranking metrics, and
+text-generation packages perplexity, ROUGE-L and exact match (``kiln.evaluate.generation``).
+Predictions go through ``kiln.runtime`` — the same code that serves the model — so the numbers
+here are the numbers users get.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ class EvaluationConfig:
 
     package: Path  # the package folder
     data_file: Path | None = None  # a labelled user file; default: the test split of the package's recipe
-    text_column: str = "text"  # column with the input text in data_file
+    text_column: str = "text"  # column with the input text (text-generation: documents) in data_file
     label_column: str = "label"  # column with the label in data_file
+    prompt_column: str = "prompt"  # text-generation: column with the prompt in data_file
+    response_column: str = "response"  # text-generation: column with the reference response in data_file
     encoding: str = "utf-8"  # encoding of data_file
     output_dir: Path | None = None  # where report.json and confusion_matrix.png go
-    batch_size: int = 64  # inputs per predict call
+    batch_size: int = 64  # inputs per predict call (text-generation: prompts per generate call)
     ece_bins: int = 15  # confidence bins for the expected calibration error
     measure_speed: bool = False  # also report latency, throughput, size on disk and peak memory
     num_threads: int | None = None  # intra-op threads while timing; the library default if empty
@@ -52,6 +56,10 @@ def run(cfg: EvaluationConfig) -> EvalResult:
     manifest = read_manifest(cfg.package)
     if manifest.get("task") == "recommendation":
         return _run_ranking(cfg, load_recommender(cfg.package))
+    if manifest.get("task") == "text-generation":
+        from kiln.evaluate.generation import run_generation
+
+        return run_generation(cfg, manifest)
     inputs, y_true, source, fingerprint_ok = _evaluation_data(cfg, manifest, list(manifest["labels"]))
     speed = None
     if cfg.measure_speed:
@@ -85,10 +93,10 @@ def gate_metrics(
     latency_runs: int = 100,
     report: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """The flat metrics a promotion rule may name, measured on one classification package.
+    """The flat metrics a promotion rule may name, measured on one package.
 
-    Quality on ``cfg``'s data (accuracy, macro_f1, ece; ``report`` when already computed) and
-    ``time_package``'s latency percentiles and size: the names of ``kiln.config.rules.METRICS``.
+    Quality on ``cfg``'s data (``quality_metrics``; ``report`` when already computed) and
+    ``time_package``'s latency and size: the names of ``kiln.config.rules.METRICS``.
     """
     report = report if report is not None else run(cfg).report
     return {
@@ -98,21 +106,37 @@ def gate_metrics(
 
 
 def quality_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The data-dependent metrics a promotion rule may name, from a classification report."""
+    """The data-dependent metrics a promotion rule may name, from a report of ``run``.
+
+    Classifiers: accuracy, macro_f1, ece. Text generation: perplexity and loss, and for
+    instruction data rouge_l and exact_match.
+    """
+    if report.get("task") == "text-generation":
+        from kiln.evaluate.generation import generation_quality
+
+        return generation_quality(report)
     return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "ece": report["ece"]}
 
 
 def time_package(
     package: Path, sample_inputs: list[Any], *, num_threads: int | None = None, latency_runs: int = 100
 ) -> dict[str, float]:
-    """Batch-1 latency percentiles on ``sample_inputs`` at ``num_threads``, and the size on disk.
+    """Batch-1 latency on ``sample_inputs`` at ``num_threads``, and the size on disk.
 
-    The machine-dependent metrics a promotion rule may name. The torch thread count is
-    restored afterwards.
+    The machine-dependent metrics a promotion rule may name: latency percentiles
+    (``p50/p95/p99_latency_ms``) and ``size_mb``; a text-generation package's sample inputs are
+    prompts (strings or chat messages), and it adds ``ttft_ms``, ``tpot_ms`` and
+    ``tokens_per_s`` (``kiln.evaluate.decode_speed``). The torch thread count is restored afterwards.
     """
     import torch
 
     from kiln.evaluate.speed import measure_package
+    from kiln.runtime.package import read_manifest
+
+    if read_manifest(package, verify=False).get("task") == "text-generation":
+        from kiln.evaluate.decode_speed import time_generation_package
+
+        return time_generation_package(package, sample_inputs, num_threads=num_threads, latency_runs=latency_runs)
 
     threads = torch.get_num_threads()
     try:

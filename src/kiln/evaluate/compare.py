@@ -1,8 +1,10 @@
-"""Compare packages side by side: accuracy, speed and size in one table, and a trade-off chart.
+"""Compare packages side by side: quality, speed and size in one table, and a trade-off chart.
 
-Each package is scored by ``kiln.evaluate.run`` (the same data and runtime as ``kiln eval``) and
-timed with ``speed.measure_package``; the accuracy-versus-latency chart marks the Pareto front,
-the packages no other package beats on both accuracy and p50 latency.
+Each package is scored and timed by ``kiln.evaluate.run`` with ``measure_speed`` (the same data
+and runtime as ``kiln eval --speed``). For classifiers the accuracy-versus-latency chart marks
+the Pareto front, the packages no other package beats on both accuracy and p50 latency; for
+text-generation packages the chart is perplexity against the median time per output token, and
+the front the packages no other beats on both.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kiln.errors import KilnError
 from kiln.runtime.measures import package_parameters, pareto_front
@@ -29,10 +31,24 @@ TABLE_COLUMNS = (
     "format",
     "transformation",
 )
+GENERATION_COLUMNS = (
+    "package",
+    "perplexity",
+    "ROUGE-L",
+    "exact match",
+    "TTFT p50 ms",
+    "TPOT p50 ms",
+    "tokens/s",
+    "size MB",
+    "params",
+    "format",
+    "transformation",
+)
+GENERATION = "text-generation"
 
 
 class CompareError(KilnError):
-    """Packages that cannot be compared (none given, missing, different labels)."""
+    """Packages that cannot be compared (none given, missing, different tasks or labels)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +57,7 @@ class Comparison:
 
     rows: list[dict[str, Any]]  # one per package, in the order given
     pareto: list[int]  # indices into rows of the Pareto-optimal packages, fastest first
-    chart: Path  # the accuracy-versus-latency PNG
+    chart: Path  # the accuracy-versus-latency (text generation: perplexity-versus-TPOT) PNG
     report: Path  # compare.json with rows and front
 
 
@@ -76,7 +92,7 @@ def compare_packages(
     """Score, time and size every package, find the Pareto front, write the chart and JSON.
 
     Raises:
-        CompareError: no packages, or packages with different labels.
+        CompareError: no packages, or packages of different tasks or with different labels.
         KilnError: a package or its evaluation data cannot be read.
     """
     import kiln.evaluate
@@ -87,6 +103,10 @@ def compare_packages(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifests = [read_manifest(p) for p in packages]
+    tasks = sorted({str(m.get("task")) for m in manifests})
+    if len(tasks) > 1:
+        raise CompareError(f"the packages are of different tasks ({', '.join(tasks)}); compare versions of one model")
+    is_generation = tasks == [GENERATION]
     labels = {tuple(m["labels"]) for m in manifests}
     if len(labels) > 1:
         raise CompareError("the packages predict different labels; compare versions of one model")
@@ -101,11 +121,19 @@ def compare_packages(
                 num_threads=num_threads,
             )
         )
-        rows.append(_row(Path(path), manifest, result.report))
-    front = pareto_front([(r["latency_p50_ms"], r["accuracy"]) for r in rows])
+        make_row = _generation_row if is_generation else _row
+        rows.append(make_row(Path(path), manifest, result.report))
+    if is_generation:
+        # Lower perplexity is better: negated, it is the "accuracy" the front maximises.
+        front = pareto_front([(r["tpot_p50_ms"], -r["perplexity"]) for r in rows])
+    else:
+        front = pareto_front([(r["latency_p50_ms"], r["accuracy"]) for r in rows])
     for i, row in enumerate(rows):
         row["pareto"] = i in front
-    chart = plot_tradeoff(rows, front, out / "accuracy_vs_latency.png")
+    if is_generation:
+        chart = plot_generation_tradeoff(rows, front, out / "perplexity_vs_tpot.png")
+    else:
+        chart = plot_tradeoff(rows, front, out / "accuracy_vs_latency.png")
     report = out / "compare.json"
     report.write_text(json.dumps({"rows": rows, "pareto": front}, indent=2) + "\n", encoding="utf-8")
     return Comparison(rows=rows, pareto=front, chart=chart, report=report)
@@ -113,6 +141,48 @@ def compare_packages(
 
 def plot_tradeoff(rows: Sequence[dict[str, Any]], front: Sequence[int], path: Path) -> Path:
     """Accuracy against p50 latency, one labelled point per package, the Pareto front joined."""
+    return _plot(
+        rows,
+        front,
+        path,
+        xs=[r["latency_p50_ms"] for r in rows],
+        ys=[100 * r["accuracy"] for r in rows],
+        xlabel="p50 latency at batch 1 (ms)",
+        ylabel="accuracy (%)",
+        title="accuracy vs latency",
+        legend="lower right",
+    )
+
+
+def plot_generation_tradeoff(rows: Sequence[dict[str, Any]], front: Sequence[int], path: Path) -> Path:
+    """Perplexity against the median time per output token, one labelled point per package, the
+    Pareto front joined."""
+    return _plot(
+        rows,
+        front,
+        path,
+        xs=[r["tpot_p50_ms"] for r in rows],
+        ys=[r["perplexity"] for r in rows],
+        xlabel="time per output token at batch 1, p50 (ms)",
+        ylabel="perplexity",
+        title="perplexity vs time per token",
+        legend="upper right",
+    )
+
+
+def _plot(
+    rows: Sequence[dict[str, Any]],
+    front: Sequence[int],
+    path: Path,
+    *,
+    xs: list[float],
+    ys: list[float],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    legend: Literal["lower right", "upper right"],
+) -> Path:
+    """A scatter of one labelled point per package, the Pareto front joined."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,8 +190,6 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], front: Sequence[int], path: Pa
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     try:
-        xs = [r["latency_p50_ms"] for r in rows]
-        ys = [100 * r["accuracy"] for r in rows]
         ax.scatter(xs, ys, color="tab:gray", zorder=2, label="package")
         ax.plot(
             [xs[i] for i in front],
@@ -133,11 +201,11 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], front: Sequence[int], path: Pa
         )
         for x, y, row in zip(xs, ys, rows, strict=True):
             ax.annotate(row["package"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.set_xlabel("p50 latency at batch 1 (ms)")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title("accuracy vs latency")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
+        ax.legend(loc=legend)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
     finally:
@@ -149,6 +217,8 @@ def comparison_table(rows: Sequence[dict[str, Any]]) -> Any:
     """A rich table of compared packages; Pareto-optimal ones are marked with ``*``."""
     from rich.table import Table
 
+    if rows and rows[0].get("task") == GENERATION:
+        return _generation_table(rows)
     table = Table(title="comparison (* = on the accuracy/latency Pareto front)")
     for column in TABLE_COLUMNS:
         table.add_column(column, justify="left" if column in ("package", "format", "transformation") else "right")
@@ -165,6 +235,49 @@ def comparison_table(rows: Sequence[dict[str, Any]]) -> Any:
             f"{r['format']}/{r['precision']}",
             r["transformation"],
         )
+    return table
+
+
+def _generation_table(rows: Sequence[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="comparison (* = on the perplexity/time-per-token Pareto front)")
+    for column in GENERATION_COLUMNS:
+        table.add_column(column, justify="left" if column in ("package", "format", "transformation") else "right")
+    for r in rows:
+        table.add_row(
+            ("* " if r.get("pareto") else "  ") + r["package"],
+            f"{r['perplexity']:.3f}",
+            "-" if r["rouge_l"] is None else f"{r['rouge_l']:.4f}",
+            "-" if r["exact_match"] is None else f"{r['exact_match']:.4f}",
+            f"{r['ttft_p50_ms']:.2f}",
+            f"{r['tpot_p50_ms']:.2f}",
+            f"{r['tokens_per_s']:.1f}",
+            f"{r['size_bytes'] / 1e6:.2f}",
+            f"{r['parameters']:,}",
+            f"{r['format']}/{r['precision']}",
+            r["transformation"],
+        )
+    return table
+
+
+def generation_speed_table(speed: dict[str, Any]) -> Any:
+    """A rich table of one text-generation package's batch-1 timings, size and memory."""
+    from rich.table import Table
+
+    table = Table(title=f"speed at batch 1, {speed['max_new_tokens']} new tokens (CPU)")
+    columns = ["TTFT p50 ms", "TTFT p95 ms", "TPOT p50 ms", "TPOT p95 ms", "tokens/s", "size MB", "peak mem MB"]
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{speed['ttft_ms']['p50']:.2f}",
+        f"{speed['ttft_ms']['p95']:.2f}",
+        f"{speed['tpot_ms']['p50']:.2f}",
+        f"{speed['tpot_ms']['p95']:.2f}",
+        f"{speed['tokens_per_s']:.1f}",
+        f"{speed['size_bytes'] / 1e6:.2f}",
+        f"{speed['peak_rss_delta_bytes'] / 1e6:.1f}",
+    )
     return table
 
 
@@ -202,6 +315,30 @@ def _row(path: Path, manifest: dict[str, Any], report: dict[str, Any]) -> dict[s
         "latency_p99_ms": speed["latency_ms"]["p99"],
         "throughput": speed["throughput"],
         "throughput_32": speed["throughput"].get("32", 0.0),
+        "size_bytes": speed["size_bytes"],
+        "parameters": package_parameters(path),
+        "format": manifest.get("format"),
+        "precision": manifest.get("precision"),
+        "transformation": lineage.get("transformation"),
+    }
+
+
+def _generation_row(path: Path, manifest: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    speed = report["speed"]
+    lineage = manifest.get("lineage") or {}
+    return {
+        "package": path.name,
+        "path": str(path),
+        "task": GENERATION,
+        "perplexity": report["perplexity"],
+        "loss": report["loss"],
+        "rouge_l": report.get("rouge_l"),
+        "exact_match": report.get("exact_match"),
+        "ttft_p50_ms": speed["ttft_ms"]["p50"],
+        "ttft_p95_ms": speed["ttft_ms"]["p95"],
+        "tpot_p50_ms": speed["tpot_ms"]["p50"],
+        "tpot_p95_ms": speed["tpot_ms"]["p95"],
+        "tokens_per_s": speed["tokens_per_s"],
         "size_bytes": speed["size_bytes"],
         "parameters": package_parameters(path),
         "format": manifest.get("format"),
