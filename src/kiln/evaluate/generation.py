@@ -4,7 +4,8 @@ ROUGE-L and exact match of greedy answers to test prompts.
 Perplexity counts tokens the way training does (``kiln.train.lm``): pretraining text is packed
 into rows of ``min(lm.sequence_length, context length)`` tokens joined by end-of-text, and every
 token after a row's first is a target; a conversation is rendered through the package's chat
-template (after the recipe's ``lm.system_prompt``) and only its response tokens, the closing
+template (after the system prompt: the recipe's ``lm.system_prompt``, else the one the package
+was fine-tuned with, ``preprocessing.system_prompt``) and only its response tokens, the closing
 end-of-text included, are targets. The loss is the summed negative log-likelihood of the targets
 over their count (``Generator.score``), and the perplexity its exponential.
 
@@ -177,7 +178,7 @@ def response_tokens(
     ids, mask = sft_tokens(
         generator.tokenizer,
         _chat_template(generator),
-        tuple(dict(m) for m in with_system(conversation, lm.system_prompt)),
+        tuple(dict(m) for m in with_system(conversation, system_prompt(generator, lm))),
         sequence_length=length,
         special_tokens=generator.special_tokens,
     )
@@ -191,7 +192,7 @@ def answer_records(
     if not conversations:
         return []
     _chat_template(generator)
-    prompts = [with_system(c[:-1], lm.system_prompt) for c in conversations]
+    prompts = [with_system(c[:-1], system_prompt(generator, lm)) for c in conversations]
     answers = []
     for start in range(0, len(prompts), batch_size):
         answers += generator.generate(prompts[start : start + batch_size], temperature=0.0)
@@ -243,6 +244,11 @@ def is_exact_match(prediction: str, reference: str) -> bool:
     return normalise_answer(prediction) == normalise_answer(reference)
 
 
+def system_prompt(generator: Generator, lm: LanguageModelConfig) -> str | None:
+    """The system message put before evaluation prompts: the recipe's, else the package's own."""
+    return lm.system_prompt if lm.system_prompt is not None else generator.system_prompt
+
+
 def with_system(messages: Conversation, system_prompt: str | None) -> list[dict[str, str]]:
     """The messages with the recipe's system message first, unless they have one already."""
     out = [dict(m) for m in messages]
@@ -264,7 +270,7 @@ def _speed_prompts(
     data: GenerationData, lm: LanguageModelConfig, manifest: Mapping[str, Any], package: Path
 ) -> list[Any]:
     """Timed prompts: test prompts (chat messages), or the first tokens of test documents."""
-    if data.objective == "sft":
+    if data.objective == "sft":  # without lm.system_prompt, Generator.render puts in the package's own
         return [with_system(c[:-1], lm.system_prompt) for c in data.conversations[:SPEED_PROMPTS]]
     from tokenizers import Tokenizer
 

@@ -68,7 +68,14 @@ def _recipe(data_file: Path, **lm: Any) -> dict[str, Any]:
     }
 
 
-def _package(dest: Path, recipe: dict[str, Any] | None, *, seed: int = 0, chat_template: bool = True) -> Path:
+def _package(
+    dest: Path,
+    recipe: dict[str, Any] | None,
+    *,
+    seed: int = 0,
+    chat_template: bool = True,
+    system_prompt: str | None = None,
+) -> Path:
     """A tiny random Llama package whose manifest records ``recipe`` (and its data's fingerprint), if given."""
     from tokenizers import Tokenizer
 
@@ -91,6 +98,7 @@ def _package(dest: Path, recipe: dict[str, Any] | None, *, seed: int = 0, chat_t
                 "context_length": 128,
                 "eos_token": "<|endoftext|>",
                 "special_tokens": {"eos_token": "<|endoftext|>"},
+                "system_prompt": system_prompt,
             },
             "generation": {"max_new_tokens": 8},
             "lineage": {"parent": None, "transformation": "train", "settings": {}},
@@ -211,6 +219,35 @@ def test_eval_generation_data_file_exact_match_and_rouge_of_greedy_answers(chat_
     records = [json.loads(line) for line in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()]
     assert [r["exact_match"] for r in records] == [True, True, False]
     assert records[0]["rouge_l"] == pytest.approx(rouge_l([same], [same])[0])
+
+
+def test_eval_generation_data_file_uses_the_package_system_prompt(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    from kiln.data.chat import DEFAULT_CHAT_TEMPLATE, sft_tokens
+
+    package = _package(tmp_path / "own-system", None, system_prompt=SYSTEM_PROMPT)
+    data = _write_jsonl(tmp_path / "qa.jsonl", [{"prompt": q, "response": a} for q, a in QUESTIONS[:5]])
+    report = kiln.evaluate.run(
+        kiln.evaluate.EvaluationConfig(package=package, data_file=data, output_dir=tmp_path / "out")
+    ).report
+    tokenizer = Tokenizer.from_file(str(package / "tokenizer.json"))
+    rows = []
+    for question, answer in QUESTIONS[:5]:
+        conversation = (
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        )
+        ids, mask = sft_tokens(
+            tokenizer,
+            DEFAULT_CHAT_TEMPLATE,
+            conversation,
+            sequence_length=128,
+            special_tokens={"eos_token": "<|endoftext|>"},
+        )
+        rows.append((ids.tolist(), mask.tolist()))
+    assert report["loss"] == pytest.approx(_hf_mean_loss(package, rows), rel=1e-4)
 
 
 def test_eval_generation_pretrain_scores_packed_documents(text_lm_package: Path, tmp_path: Path) -> None:
