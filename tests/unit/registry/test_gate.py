@@ -127,3 +127,33 @@ def test_gate_refuses_latency_not_timed_in_this_run() -> None:
     assert decision.considered[0].checks[0].detail.startswith(
         "refused: production (m@2) has no p99_latency_ms timed in this run on this machine"
     )
+
+
+def _language_models() -> list[Candidate]:
+    return [
+        Candidate("train", "lm@1", {"perplexity": 8.0, "rouge_l": 0.30, "tpot_ms": 20.0}, DATA),
+        Candidate("cast", "lm@2", {"perplexity": 8.0, "rouge_l": 0.30, "tpot_ms": 12.0}, DATA),
+        Candidate("quantize-torch", "lm@3", {"perplexity": 8.2, "rouge_l": 0.31, "tpot_ms": 9.0}, DATA),
+    ]
+
+
+def test_gate_best_language_model_is_lowest_perplexity_then_fastest_per_token() -> None:
+    decision = decide(PromoteConfig(), _language_models(), {"production": None})
+    assert decision.chosen is not None and decision.chosen.candidate.ref == "lm@2"
+    assert "lowest test perplexity of 3 package(s)" in decision.reason
+
+
+def test_gate_language_model_rules_on_perplexity_and_time_per_token() -> None:
+    rules = ["perplexity <= 1.03 * baseline.perplexity", "tpot_ms <= 0.5 * baseline.tpot_ms"]
+    baseline = _language_models()[0]
+    decision = decide(PromoteConfig(rules=rules), _language_models(), {"production": None}, baseline)
+    assert decision.chosen is not None and decision.chosen.candidate.ref == "lm@3"
+    assert [c.is_passing for c in decision.considered] == [False, False, True]
+
+
+def test_gate_refuses_perplexity_comparison_across_data_fingerprints() -> None:
+    cfg = PromoteConfig(rules=["perplexity <= production.perplexity"])
+    holder = _holder("lm@0", {"perplexity": 9.0}, "sha256:other")
+    decision = decide(cfg, _language_models(), {"production": holder})
+    assert not decision.is_moved
+    assert "perplexity measured on data sha256:other" in decision.reason
