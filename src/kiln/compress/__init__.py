@@ -2,8 +2,9 @@
 
 ``run(package, steps=[...], output_dir=...)`` applies the steps in order; each step reads the
 previous step's package, writes its own (atomically, with lineage to its parent and the metrics
-measured against it) and hands it on. Steps are plain functions in ``STEPS``; the latency-budget
-search (``kiln.compress.search``) combines them into candidates.
+measured against it) and hands it on. Steps are plain functions in ``STEPS``; a text-generation
+package takes the steps of ``kiln.compress.generation`` instead. The latency-budget search
+(``kiln.compress.search``) combines classifier steps into candidates.
 """
 
 from __future__ import annotations
@@ -136,7 +137,8 @@ def run(
 
     Raises:
         CompressError: unknown step, no steps, no inputs to check with, or a step that cannot
-            apply to its parent package. ``PackageError`` if the package is missing or altered.
+            apply to its parent package (for a text-generation package, checked before any
+            step runs). ``PackageError`` if the package is missing or altered.
     """
     import torch
 
@@ -153,6 +155,12 @@ def run(
         )
     parent = Path(package)
     manifest = read_manifest(parent)
+    table = STEPS
+    if manifest.get("task") == "text-generation":
+        from kiln.compress.generation import GENERATION_STEPS, check_steps
+
+        check_steps(parent, manifest, names, cfg)
+        table = GENERATION_STEPS
     if examples is None:
         examples = examples_from_recipe(
             manifest,
@@ -170,7 +178,7 @@ def run(
     packages, manifests = [], []
     for i, name in enumerate(names, start=1):
         dest = out / f"{i:02d}-{name}"
-        manifest = STEPS[name](parent, manifest, dest, cfg, examples)
+        manifest = table[name](parent, manifest, dest, cfg, examples)
         packages.append(dest)
         manifests.append(manifest)
         parent = dest

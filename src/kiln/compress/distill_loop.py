@@ -107,8 +107,8 @@ def distill_model(
     n_epochs = epochs or cfg.epochs
     steps_per_epoch = math.ceil(len(data.token_ids) / cfg.batch_size)
     total = min(n_epochs * steps_per_epoch, cfg.max_steps or n_epochs * steps_per_epoch)
-    optimizer = _adamw(trainable, cfg)
-    scheduler = _warmup_linear_decay(optimizer, cfg.warmup_ratio, total)
+    optimizer = adamw(trainable, cfg)
+    scheduler = warmup_linear_decay(optimizer, cfg.warmup_ratio, total)
     alpha = 1.0 if cfg.ignore_labels else cfg.alpha
     history: list[dict[str, float]] = []
     step, start = 0, time.perf_counter()
@@ -195,7 +195,8 @@ def _attention_loss(s_out: Any, t_out: Any, layer_map: list[int]) -> Any:
     return total / len(layer_map)
 
 
-def _adamw(params: list[Any], cfg: DistillConfig) -> Any:
+def adamw(params: list[Any], cfg: DistillConfig) -> Any:
+    """AdamW at ``cfg.lr`` with ``cfg.weight_decay`` on matrices only."""
     import torch
 
     # Biases and normalisation weights (1-d) get no weight decay, as in BERT's recipe.
@@ -206,7 +207,8 @@ def _adamw(params: list[Any], cfg: DistillConfig) -> Any:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def _warmup_linear_decay(optimizer: Any, warmup_ratio: float, total_steps: int) -> Any:
+def warmup_linear_decay(optimizer: Any, warmup_ratio: float, total_steps: int) -> Any:
+    """Linear warmup over ``warmup_ratio`` of ``total_steps``, then linear decay to zero."""
     import torch
 
     warmup = int(warmup_ratio * total_steps)

@@ -14,9 +14,9 @@ from kiln.config.schema import CompressConfig
 class Examples:
     """Raw inputs for the steps: eval inputs check a package, train inputs calibrate it."""
 
-    eval_inputs: Sequence[Any]  # raw inputs (texts or pixel arrays) for parity and agreement
+    eval_inputs: Sequence[Any]  # raw inputs (texts, pixel arrays, documents or conversations) to check with
     eval_labels: Sequence[str] | None  # their label names, when known, for the accuracy change
-    train_inputs: Sequence[Any]  # raw inputs for calibration and importance scores
+    train_inputs: Sequence[Any]  # raw inputs for calibration, importance scores and distillation
     train_labels: Sequence[str] | None  # their label names, when known
 
     def __post_init__(self) -> None:
@@ -35,7 +35,11 @@ class Examples:
 def examples_from_recipe(
     manifest: dict[str, Any], *, eval_samples: int, train_samples: int
 ) -> Examples | None:
-    """Examples from the data of the recipe recorded in a package's manifest, if it has one."""
+    """Examples from the data of the recipe recorded in a package's manifest, if it has one.
+
+    For a text-generation recipe: documents or conversations, ``eval_samples`` of the
+    validation split and the whole train split, without labels.
+    """
     from pydantic import ValidationError
 
     from kiln.config.schema import Recipe
@@ -49,6 +53,15 @@ def examples_from_recipe(
         return None
     import kiln.data
 
+    if recipe.is_generation:
+        # Distillation trains on the whole train split; the validation text scores perplexity.
+        language = kiln.data.load_language_data(recipe)
+        return Examples(
+            eval_inputs=list(language.validation[:eval_samples]),
+            eval_labels=None,
+            train_inputs=list(language.train),
+            train_labels=None,
+        )
     dataset = kiln.data.run(recipe)
     names = dataset.label_names
     val, train = dataset.validation, dataset.train

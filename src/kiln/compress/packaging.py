@@ -11,7 +11,8 @@ from typing import Any
 
 from kiln.runtime.package import finalize_package, package_digest, staged_package
 
-# Manifest fields a child package inherits unchanged: what it predicts and how inputs are prepared.
+# Manifest fields a child package inherits unchanged: what it predicts, how inputs are prepared
+# and (text generation) its default generation settings.
 INHERITED_FIELDS = (
     "name",
     "task",
@@ -20,6 +21,7 @@ INHERITED_FIELDS = (
     "preprocessing",
     "data_fingerprint",
     "recipe",
+    "generation",
 )
 
 
@@ -68,11 +70,19 @@ def child_package(
                 target = staging / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(parent / rel, target)
-        manifest = {k: parent_manifest[k] for k in INHERITED_FIELDS if k in parent_manifest}
-        manifest["lineage"] = {
-            "parent": {"path": str(parent.resolve()), "digest": package_digest(parent_manifest)},
-            "transformation": transformation,
-            "settings": settings,
-        }
-        manifest["metrics"] = {}
+        manifest = child_manifest(parent, parent_manifest, transformation=transformation, settings=settings)
         yield ChildPackage(staging=staging, manifest=manifest)
+
+
+def child_manifest(
+    parent: Path, parent_manifest: dict[str, Any], *, transformation: str, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """The manifest fields a child of ``parent`` inherits, its lineage and empty metrics."""
+    manifest = {k: parent_manifest[k] for k in INHERITED_FIELDS if k in parent_manifest}
+    manifest["lineage"] = {
+        "parent": {"path": str(parent.resolve()), "digest": package_digest(parent_manifest)},
+        "transformation": transformation,
+        "settings": settings,
+    }
+    manifest["metrics"] = {}
+    return manifest

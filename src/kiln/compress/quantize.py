@@ -125,6 +125,7 @@ def quantize_torch_dynamic(
     from kiln.runtime.quantized import (
         TORCH_INT8_METHOD,
         int8_state_dict,
+        quantization_entry,
         quantize_linear_dynamic,
     )
     from kiln.runtime.weights import WEIGHTS_NAME, load_torch_model
@@ -138,14 +139,10 @@ def quantize_torch_dynamic(
         if parent_manifest["architecture"]["family"] == "hf":
             cast("PreTrainedModel", model).config.to_json_file(str(child.staging / "config.json"))
         qmodel = quantize_linear_dynamic(model, per_channel=cfg.per_channel)
-        state, modules = int8_state_dict(qmodel)
+        state, _ = int8_state_dict(qmodel)
         save_file(state, str(child.staging / WEIGHTS_NAME), metadata={"format": "pt"})
         arch = dict(parent_manifest["architecture"], weights=WEIGHTS_NAME)
-        arch["quantization"] = {
-            "method": TORCH_INT8_METHOD,
-            "per_channel": cfg.per_channel,
-            "modules": modules,
-        }
+        arch["quantization"] = quantization_entry(qmodel)
         child.manifest.update(format="torch", precision="int8", architecture=arch)
         child.notes.append(
             "PyTorch int8 uses torch.ao.quantization.quantize_dynamic, which PyTorch is retiring "

@@ -2,7 +2,10 @@
 
 A package holds ``model.safetensors`` (HF state-dict names, a tied embedding stored once),
 ``config.json`` (the HF config the model is rebuilt from with ``AutoModelForCausalLM``),
-``tokenizer.json`` and, optionally, ``chat_template.jinja``. The manifest's ``preprocessing``
+``tokenizer.json`` and, optionally, ``chat_template.jinja``. An int8 package (precision int8)
+stores its Linear layers as int8 weights and scales and lists them in
+``architecture.quantization``; it is rebuilt as ``torch.ao`` dynamic int8 Linear layers and runs
+on CPU (``kiln.runtime.quantized``). The manifest's ``preprocessing``
 gives the context length and the special tokens, its ``generation`` the default settings
 (``kiln.config.schema.GenerationConfig``) that each call may override.
 """
@@ -128,7 +131,11 @@ def write_generation_package(
         if chat_template is not None:
             (staging / CHAT_TEMPLATE_NAME).write_text(chat_template, encoding="utf-8")
         model.config.to_json_file(str(staging / CONFIG_NAME))
-        _save_weights(model, staging / WEIGHTS_NAME)
+        quantization = _save_weights(model, staging / WEIGHTS_NAME)
+        if (quantization is not None) != (precision == "int8"):
+            raise ValueError(f"precision int8 goes with dynamic int8 Linear layers only, got precision {precision!r}")
+        if quantization is not None:
+            architecture["quantization"] = quantization
         full = finalize_package(
             staging,
             dict(
@@ -172,8 +179,6 @@ def generator_from_manifest(
     import torch
     from tokenizers import Tokenizer
 
-    from kiln.runtime.weights import pick_device
-
     if num_threads:
         torch.set_num_threads(num_threads)
     preprocessing = manifest.get("preprocessing") or {}
@@ -182,7 +187,7 @@ def generator_from_manifest(
     template = (
         packaged_file(folder, manifest, template_name).read_text(encoding="utf-8") if template_name else None
     )
-    model = _load_model(folder, manifest).to(pick_device(device))
+    model = _load_model(folder, manifest).to(_device(folder, manifest, device))
     return Generator(path=folder, manifest=manifest, model=model, tokenizer=tokenizer, chat_template=template)
 
 
@@ -462,19 +467,41 @@ def _check_preprocessing(preprocessing: Mapping[str, Any], tokenizer: Tokenizer)
             raise ValueError(f"preprocessing.{field} must be a token of the tokenizer, got {token!r}")
 
 
-def _save_weights(model: Any, path: Path) -> None:
-    """Save the state dict with each shared tensor once, under its first name (as ``save_pretrained``)."""
+def _save_weights(model: Any, path: Path) -> dict[str, Any] | None:
+    """Save the state dict with each shared tensor once, under its first name (as ``save_pretrained``).
+
+    Dynamic int8 Linear layers are saved as int8 weights and scales (``kiln.runtime.quantized``);
+    the manifest's ``architecture.quantization`` entry that rebuilds them is returned (None for a
+    float model).
+    """
     from safetensors.torch import save_file
 
+    from kiln.runtime.quantized import int8_state_dict, quantization_entry
+
+    quantization = quantization_entry(model)
+    tensors = int8_state_dict(model)[0] if quantization is not None else model.state_dict()
     state: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, tuple[int, ...]]] = set()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in tensors.items():
         key = (tensor.data_ptr(), tuple(tensor.shape))
         if key in seen:
             continue
         seen.add(key)
         state[name] = tensor.detach().cpu().contiguous()
     save_file(state, str(path), metadata={"format": "pt"})
+    return quantization
+
+
+def _device(folder: Path, manifest: dict[str, Any], device: str | None) -> torch.device:
+    """``device``, else CUDA when present; int8 packages run on CPU (fbgemm's dynamic int8 kernels)."""
+    from kiln.runtime.weights import pick_device
+
+    if "quantization" not in (manifest.get("architecture") or {}):
+        return pick_device(device)
+    target = pick_device(device or "cpu")
+    if target.type != "cpu":
+        raise PackageError(f"{folder}: an int8 package runs on CPU only, not on {target}")
+    return target
 
 
 def _load_model(folder: Path, manifest: dict[str, Any]) -> Any:
@@ -496,6 +523,10 @@ def _load_model(folder: Path, manifest: dict[str, Any]) -> Any:
     if "dtype" in arch:
         model.to(getattr(torch, arch["dtype"]))
     state = load_file(str(packaged_file(folder, manifest, arch.get("weights"))))
+    if arch.get("quantization") is not None:
+        from kiln.runtime.quantized import load_int8_model
+
+        return load_int8_model(model, state, arch["quantization"], folder).eval()
     missing, unexpected = model.load_state_dict(state, strict=False)
     # A tied weight (lm_head sharing the embedding) is stored once, under one of its names.
     real_missing = [k for k in missing if k not in _tied_to_loaded(model, set(state))]

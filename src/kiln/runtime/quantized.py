@@ -58,6 +58,21 @@ def int8_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str
     return state, quantized
 
 
+def quantization_entry(model: nn.Module) -> dict[str, Any] | None:
+    """The manifest's ``architecture.quantization`` of a dynamic-int8 model; None for a float one."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    modules = [(name, m) for name, m in model.named_modules() if isinstance(m, DynamicLinear)]
+    if not modules:
+        return None
+    weight, _ = modules[0][1]._weight_bias()
+    return {
+        "method": TORCH_INT8_METHOD,
+        "per_channel": weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric),
+        "modules": [name for name, _ in modules],
+    }
+
+
 def load_int8_model(
     model: nn.Module, state: dict[str, torch.Tensor], quantization: dict[str, Any], folder: Path
 ) -> nn.Module:
