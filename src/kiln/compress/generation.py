@@ -39,17 +39,43 @@ def quantize_int8(
 ) -> dict[str, Any]:
     """int8 weights for every ``nn.Linear`` (the output head too), activations quantized per call.
 
-    ``torch.ao`` dynamic int8 Linear runs fbgemm's VNNI kernels on x86; at batch 1 a decode step
+    ``torch.ao`` dynamic int8 Linear runs fbgemm's int8 kernels on x86; at batch 1 a decode step
     reads a quarter of the bytes of fp32 for its matrices. The embedding stays fp32 (a lookup).
+    Before quantizing, SmoothQuant (``quantize.smooth_alpha``, ``kiln.compress.smoothing``)
+    rescales the model on ``quantize.calibration_samples`` training texts; on CPUs with VNNI or
+    AMX the activations take all 8 bits (``kiln.runtime.quantized.FullRangeDynamicLinear``).
+
+    Raises:
+        CompressError: smoothing is on and there is no training text to calibrate on.
     """
-    from kiln.runtime.quantized import TORCH_INT8_METHOD, quantize_linear_dynamic
+    from kiln.compress.smoothing import smooth_activations
+    from kiln.runtime.quantized import TORCH_INT8_METHOD, has_int8_dot_product, quantize_linear_dynamic
 
     teacher = _load(parent, parent_manifest)
-    rows = scoring_rows(teacher, examples.eval_inputs, sequence_length=_sequence_length(parent_manifest, teacher))
+    length = _sequence_length(parent_manifest, teacher)
+    rows = scoring_rows(teacher, examples.eval_inputs, sequence_length=length)
     parent_nll = _perplexity(teacher, rows)
-    model = quantize_linear_dynamic(teacher.model, per_channel=cfg.per_channel)
-    settings = {"per_channel": cfg.per_channel, "method": TORCH_INT8_METHOD}
+    calibration = list(examples.train_inputs[: cfg.calibration_samples])
+    smoothed = 0
+    if cfg.smooth_alpha > 0:
+        if not calibration:
+            raise CompressError(
+                f"{parent}: quantize-torch calibrates SmoothQuant on training text and has none; "
+                "give a recipe with data, or set quantize.smooth_alpha=0"
+            )
+        calibration_rows, _ = scoring_rows(teacher, calibration, sequence_length=length)
+        smoothed = smooth_activations(teacher.model, calibration_rows, alpha=cfg.smooth_alpha)
+    full_range = has_int8_dot_product()
+    model = quantize_linear_dynamic(teacher.model, per_channel=cfg.per_channel, full_range=full_range)
+    settings = {
+        "per_channel": cfg.per_channel,
+        "method": TORCH_INT8_METHOD,
+        "smooth_alpha": cfg.smooth_alpha,
+        "calibration_samples": len(calibration) if cfg.smooth_alpha > 0 else 0,
+        "full_range_activations": full_range,
+    }
     metrics = perplexity_metrics(parent_nll, _perplexity(_with_model(teacher, model), rows))
+    metrics["smoothed_layers"] = smoothed
     return _write(
         parent,
         parent_manifest,

@@ -121,7 +121,7 @@ def distill_causal_lm(
             if step >= total:
                 break
             index = order[begin : begin + cfg.batch_size]
-            ids, attention, weight = _batch([token_ids[i] for i in index], [masks[i] for i in index], device)
+            ids, attention, weight = right_padded([token_ids[i] for i in index], [masks[i] for i in index], device)
             with torch.no_grad(), autocast:
                 t_logits = teacher(input_ids=ids, attention_mask=attention).logits
             with autocast:
@@ -164,7 +164,7 @@ def _layers_prefix(model: Any, num_layers: int) -> str:
     raise CompressError(f"distill: cannot find the {num_layers} decoder layers of {type(model).__name__}")
 
 
-def _batch(rows: Sequence[Sequence[int]], masks: Sequence[Sequence[int]], device: Any) -> tuple[Any, Any, Any]:
+def right_padded(rows: Sequence[Sequence[int]], masks: Sequence[Sequence[int]], device: Any) -> tuple[Any, Any, Any]:
     """Right-padded ids, attention mask and loss weights of a batch (padding never scored)."""
     import torch
 

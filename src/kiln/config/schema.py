@@ -218,6 +218,8 @@ class QuantizeConfig(Section):
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     # Prediction agreement with the parent below which the step fails (0 only reports it).
     min_agreement: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Text generation: SmoothQuant strength moving activation outliers into int8 weights (Xiao et al. 2023); 0: off.
+    smooth_alpha: float = Field(default=0.8, ge=0.0, le=1.0)
 
 
 class CastConfig(Section):

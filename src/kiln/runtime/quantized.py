@@ -5,7 +5,9 @@ The weights file holds, for each quantized ``nn.Linear`` called ``name``, the te
 ``name.weight_zero_point`` (int64) and ``name.bias`` (float32); everything else stays float.
 Loading builds the float model, quantizes the listed modules with
 ``torch.ao.quantization.quantize_dynamic`` and installs the stored int8 weights exactly, so the
-package needs no pickle. ``torch.ao.quantization`` is deprecated in favour of torchao
+package needs no pickle. A manifest with ``full_range_activations`` is rebuilt with
+``FullRangeDynamicLinear`` (8-bit activations) on CPUs with int8 dot products, with fbgemm's
+7-bit default elsewhere. ``torch.ao.quantization`` is deprecated in favour of torchao
 (https://github.com/pytorch/ao/issues/2259); Kiln uses it because torchao's current wheels do not
 load their native extensions under Python 3.11 here and, once installed, are imported by
 transformers on every model build.
@@ -13,27 +15,57 @@ transformers on every model build.
 
 from __future__ import annotations
 
+import functools
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from kiln.errors import PackageError
+
+log = logging.getLogger(__name__)
 
 TORCH_INT8_METHOD = "torch-ao-dynamic-int8"
 
 
-def quantize_linear_dynamic(model: nn.Module, *, per_channel: bool) -> nn.Module:
-    """Dynamic int8 quantization of every ``nn.Linear`` (weights int8, activations at run time)."""
-    return _quantize(model, {nn.Linear}, per_channel=per_channel)
+class FullRangeDynamicLinear(DynamicLinear):
+    """A dynamic int8 Linear whose activations use all 8 bits rather than fbgemm's default 7.
+
+    fbgemm keeps activations to 7 bits so that AVX2's 16-bit sums of byte products cannot
+    saturate; with VNNI (and AMX) the products accumulate in 32 bits, and the eighth bit halves the
+    rounding error of activations, which language models' outlier channels make large.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
+        return y.to(x.dtype)
+
+
+@functools.cache
+def has_int8_dot_product() -> bool:
+    """Whether this CPU multiplies int8 with 32-bit accumulation (VNNI or AMX; Linux flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def quantize_linear_dynamic(model: nn.Module, *, per_channel: bool, full_range: bool = False) -> nn.Module:
+    """Dynamic int8 quantization of every ``nn.Linear`` (weights int8, activations at run time).
+
+    ``full_range`` quantizes activations to 8 bits (``FullRangeDynamicLinear``); only for CPUs
+    where ``has_int8_dot_product()``.
+    """
+    return _quantize(model, {nn.Linear}, per_channel=per_channel, full_range=full_range)
 
 
 def int8_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
     """A safetensors-ready state of a dynamic-quantized model, and the quantized module names."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-
     state: dict[str, torch.Tensor] = {}
     quantized: list[str] = []
     for name, module in model.named_modules():
@@ -60,17 +92,18 @@ def int8_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str
 
 def quantization_entry(model: nn.Module) -> dict[str, Any] | None:
     """The manifest's ``architecture.quantization`` of a dynamic-int8 model; None for a float one."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-
     modules = [(name, m) for name, m in model.named_modules() if isinstance(m, DynamicLinear)]
     if not modules:
         return None
     weight, _ = modules[0][1]._weight_bias()
-    return {
+    entry: dict[str, Any] = {
         "method": TORCH_INT8_METHOD,
         "per_channel": weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric),
         "modules": [name for name, _ in modules],
     }
+    if isinstance(modules[0][1], FullRangeDynamicLinear):
+        entry["full_range_activations"] = True
+    return entry
 
 
 def load_int8_model(
@@ -92,7 +125,11 @@ def load_int8_model(
             f"(missing {real_missing[:3]}, unexpected {list(unexpected)[:3]})"
         )
     model.eval()
-    qmodel = _quantize(model, set(names), per_channel=bool(quantization["per_channel"]))
+    full_range = bool(quantization.get("full_range_activations", False))
+    if full_range and not has_int8_dot_product():
+        log.warning("%s: this CPU has no VNNI or AMX; its int8 activations keep 7 bits, not 8", folder)
+        full_range = False
+    qmodel = _quantize(model, set(names), per_channel=bool(quantization["per_channel"]), full_range=full_range)
     modules = dict(qmodel.named_modules())
     for name in names:
         try:
@@ -109,14 +146,15 @@ def load_int8_model(
     return qmodel
 
 
-def _quantize(model: nn.Module, spec: set[Any], *, per_channel: bool) -> nn.Module:
+def _quantize(model: nn.Module, spec: set[Any], *, per_channel: bool, full_range: bool) -> nn.Module:
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
 
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    mapping = {nn.Linear: FullRangeDynamicLinear} if full_range else None
     with warnings.catch_warnings():
         # Deprecation of torch.ao.quantization is recorded in the package's notes instead.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
         return torch.ao.quantization.quantize_dynamic(
-            model, dict.fromkeys(spec, qconfig), dtype=torch.qint8
+            model, dict.fromkeys(spec, qconfig), dtype=torch.qint8, mapping=mapping
         )
