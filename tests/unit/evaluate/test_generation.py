@@ -395,17 +395,20 @@ def test_rouge_l_is_f1_of_the_longest_common_subsequence() -> None:
     assert rouge_l(["blue"], ["green"]) == [0.0]
 
 
-def test_compare_generation_packages_plots_perplexity_against_tpot(chat_package: Path, tmp_path: Path) -> None:
-    recipe = json.loads((chat_package / "kiln.json").read_text())["recipe"]
-    other = _package(tmp_path / "other", recipe, seed=1)
-    proc = kiln_cli("compare", str(chat_package), str(other), "-o", str(tmp_path / "cmp"), "--threads", "1")
+def test_compare_generation_lineage_plots_perplexity_against_tpot(chat_package: Path, tmp_path: Path) -> None:
+    import kiln.compress
+
+    kiln.compress.run(chat_package, output_dir=tmp_path / "chain", steps=["quantize-torch"])
+    proc = kiln_cli("compare", "--lineage", str(tmp_path / "chain"), "-o", str(tmp_path / "cmp"), "--threads", "1")
     assert proc.returncode == 0, proc.stderr
-    assert "TPOT p50 ms" in proc.stdout and "perplexity" in proc.stdout and "torch/fp32" in proc.stdout
+    for shown in ("TPOT p50 ms", "perplexity", "torch/fp32", "torch/int8", "01-quantize-torch"):
+        assert shown in proc.stdout
     assert (tmp_path / "cmp" / "perplexity_vs_tpot.png").read_bytes()[:8] == PNG_MAGIC
     report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     rows = report["rows"]
-    assert [r["package"] for r in rows] == ["chat", "other"]
+    assert [(r["package"], r["precision"]) for r in rows] == [("chat", "fp32"), ("01-quantize-torch", "int8")]
     assert all(r["perplexity"] > 1 and r["tpot_p50_ms"] > 0 and r["parameters"] > 0 for r in rows)
+    assert rows[1]["size_bytes"] < rows[0]["size_bytes"]
     assert report["pareto"] == pareto_front([(r["tpot_p50_ms"], -r["perplexity"]) for r in rows])
 
 
