@@ -96,6 +96,8 @@ def run_generation(cfg: EvaluationConfig, manifest: Mapping[str, Any]) -> EvalRe
     if answers:
         lines = "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers)
         (out / ANSWERS_NAME).write_text(lines, encoding="utf-8")
+    else:
+        (out / ANSWERS_NAME).unlink(missing_ok=True)  # an earlier evaluation's answers are not this one's
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return EvalResult(report=report, output_dir=out)
 

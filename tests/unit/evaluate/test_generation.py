@@ -256,6 +256,7 @@ def test_eval_generation_pretrain_scores_packed_documents(text_lm_package: Path,
     from kiln.config import parse_recipe
     from kiln.data import load_language_data
 
+    (tmp_path / "answers.jsonl").write_text('{"answer": "from an earlier evaluation"}\n', encoding="utf-8")
     report = kiln.evaluate.run(kiln.evaluate.EvaluationConfig(package=text_lm_package, output_dir=tmp_path)).report
     recipe = parse_recipe(json.loads((text_lm_package / "kiln.json").read_text())["recipe"])
     tokenizer = Tokenizer.from_file(str(text_lm_package / "tokenizer.json"))
