@@ -202,8 +202,8 @@ def scoring_rows(
 
     Documents are joined with EOS and cut into rows of ``sequence_length`` (one shorter row when
     they hold fewer tokens), as pretraining packs them; a conversation is one row through the
-    package's chat template, scored on the assistant's reply only, as supervised fine-tuning
-    learns it.
+    package's chat template (after the package's system prompt, unless it has its own), scored
+    on the assistant's reply only, as supervised fine-tuning learns it.
     """
     from kiln.data.chat import sft_tokens
     from kiln.data.tokenizer import pack_documents
@@ -211,18 +211,21 @@ def scoring_rows(
     if not items:
         raise CompressError("no text to score the packages on (the validation split is empty)")
     if all(isinstance(item, str) for item in items):
-        ids = [generator.tokenizer.encode(str(text)).ids for text in items]
+        ids = [e.ids for e in generator.tokenizer.encode_batch([str(t) for t in items], add_special_tokens=False)]
         total = sum(len(row) + 1 for row in ids)
         packed = pack_documents(ids, min(sequence_length, total), generator.eos_id)
         return packed.tolist(), None
     if generator.chat_template is None:
         raise CompressError(f"{generator.path}: conversations to score, but the package has no chat template")
     rows, masks = [], []
+    system = generator.system_prompt
     for conversation in items:
+        if system is not None and conversation[0]["role"] != "system":
+            conversation = ({"role": "system", "content": system}, *conversation)
         row, mask = sft_tokens(
             generator.tokenizer,
             generator.chat_template,
-            conversation,
+            tuple(conversation),
             sequence_length=sequence_length,
             special_tokens=generator.special_tokens,
         )
