@@ -67,6 +67,16 @@ class Generation:
     token_ids: tuple[int, ...] = ()  # the ids of the text (no EOS; the stop string's tokens included)
 
 
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A prompt encoded and its settings checked, ready for a decode loop of the caller's own."""
+
+    token_ids: tuple[int, ...]  # the prompt the model reads (after any truncation)
+    config: GenerationConfig  # the package's defaults with the call's overrides
+    seed: int | None  # the sampling seed (none: fresh randomness)
+    truncated_tokens: int  # tokens cut from the left of a prompt too long for the context
+
+
 class GenerationStream(Iterator[str]):
     """The text pieces of one answer as they are decoded; ``result`` is its ``Generation`` once
     the pieces run out."""
@@ -293,6 +303,19 @@ class Generator:
         stream = TextStream(self.tokenizer, config.stop)
         pieces = (piece for _, piece in self._decode([ids], [stream], config, seed))
         return GenerationStream(pieces, stream, prompt_tokens=len(ids), truncated_tokens=cut)
+
+    def prepare(self, prompt: Prompt, **params: Any) -> PreparedPrompt:
+        """Encode ``prompt`` and check ``params`` as ``stream`` does, without decoding (for a
+        caller that runs its own decode loop, such as the server's continuous batching).
+
+        Raises:
+            ConfigError: an unknown parameter or a value out of range, naming it.
+            InputError: bad chat messages, or a prompt too long when the package refuses truncation.
+            PackageError: chat messages for a package without a chat template.
+        """
+        config, seed = self._settings(params)
+        ids, cut = self._encode(prompt, config)
+        return PreparedPrompt(token_ids=tuple(ids), config=config, seed=seed, truncated_tokens=cut)
 
     def score(
         self, token_ids: Sequence[Sequence[int]], *, loss_mask: Sequence[Sequence[int]] | None = None

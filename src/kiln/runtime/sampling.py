@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     import torch
 
 
+# Temperatures below this sample as greedy decoding (their limit).
+_MIN_TEMPERATURE = 1e-5
+
+
 @dataclass(frozen=True)
 class Sampler:
     """How one decoding run picks tokens (settings already validated by ``GenerationConfig``)."""
@@ -35,7 +39,9 @@ class Sampler:
         if seen is not None and self.repetition_penalty != 1.0:
             penalized = torch.where(logits < 0, logits * self.repetition_penalty, logits / self.repetition_penalty)
             logits = torch.where(seen, penalized, logits)
-        if self.temperature == 0.0:
+        if self.temperature < _MIN_TEMPERATURE:
+            # Dividing by a temperature this small overflows the logits to inf (NaN
+            # probabilities); its limit is greedy decoding.
             return logits.argmax(dim=-1)
         logits = logits / self.temperature
         if self.top_k > 0 and self.top_k < logits.shape[-1]:
