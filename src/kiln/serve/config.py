@@ -62,6 +62,17 @@ class BatchingConfig(Section):
         return self
 
 
+class GenerationServingConfig(Section):
+    # Most sequences generating at once (prefilling or decoding); each decode step runs them all.
+    max_sequences: int = Field(default=16, ge=1)
+    # KV-cache tokens a version may hold: each sequence reserves prompt + max_tokens; beyond, requests wait.
+    kv_cache_tokens: int = Field(default=32_768, ge=2)
+    # Most requests waiting for a sequence slot; beyond it requests get 503 with Retry-After.
+    max_waiting: int = Field(default=64, ge=1)
+    # Prompt tokens prefilled between two decode steps, so a long prompt never stalls running sequences.
+    prefill_chunk_tokens: int = Field(default=256, ge=1)
+
+
 class ModelConfig(Section):
     # Name clients use in URLs; the package's manifest name when empty.
     name: str | None = None
@@ -73,6 +84,8 @@ class ModelConfig(Section):
     sticky_header: str | None = None
     # Batcher settings of this model.
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    # Continuous batching of a text-generation model (ignored for other tasks).
+    generation: GenerationServingConfig = Field(default_factory=GenerationServingConfig)
 
     @model_validator(mode="after")
     def _check_canary(self) -> ModelConfig:

@@ -1,0 +1,1 @@
+"""Text generation served with continuous batching and an OpenAI-compatible API."""
