@@ -173,4 +173,8 @@ def test_docs_serving_token_examples_run_as_documented(tmp_path: Path) -> None:
     with running(kiln_argv(serve, package, port), port):
         assert run_block(anonymous.replace(DOC_PORT, port)).strip() == "401"
         listed = json.loads(run_block(authed.replace(DOC_PORT, port), env=dict(os.environ, TOKEN=token)))
-    assert listed == [{"name": "sentiment", "versions": [1], "canary": {}, "sticky_header": None}]
+    [entry] = listed["data"]
+    assert listed["object"] == "list"
+    assert {k: entry[k] for k in ("id", "object", "task", "versions", "canary")} == {
+        "id": "sentiment", "object": "model", "task": "text-classification", "versions": [1], "canary": {}
+    }

@@ -123,7 +123,7 @@ def test_public_bind_of_serve_with_tokens_guards_every_route(text_package: Path,
         monitored = subprocess.run(
             kiln_argv("monitor", "--url", url), env=env() | {"KILN_TOKEN": token}, capture_output=True, text=True
         )
-    assert authed.status_code == 200 and [m["name"] for m in authed.json()] == [text_package.name]
+    assert authed.status_code == 200 and [m["id"] for m in authed.json()["data"]] == [text_package.name]
     assert anonymous.returncode == 2 and "answered HTTP 401 (pass --token or set KILN_TOKEN)" in anonymous.stderr
     assert monitored.returncode == 0 and "active alerts: none" in monitored.stdout, monitored.stderr
 

@@ -2,8 +2,9 @@
 OpenAPI schema over real HTTP; no request may get a 5xx or a dropped connection.
 
 Each generated case is sent twice: as generated (mostly unknown model names, so the routing and
-validation layers answer) and with its ``name`` set to a served model (so the inputs reach the
-model's own checks). Management calls keep their generated names so the served models stay.
+validation layers answer) and with its ``name`` (or, on the OpenAI-compatible endpoints, its body's
+``model``) set to a served model (so the inputs reach the model's own checks). Management calls
+keep their generated names so the served models stay.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from schemathesis.checks import not_a_server_error
 from kiln.registry.access import token_verifier
 from kiln.serve.config import ModelConfig, ServeConfig
 from tests.conftest import make_image_package, make_text_package
+from tests.helpers import tiny_generation_package
 from tests.integration.serve_harness import Running, serving
 
 TOKEN = "fuzz-token"
 # Small and bounded: the whole test stays well under a minute on 2 shared cores.
 EXAMPLES_PER_OPERATION = 12
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +37,12 @@ def fuzzed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]
     root = tmp_path_factory.mktemp("fuzz")
     text = make_text_package(root / "sentiment")
     image = make_image_package(root / "digits")
+    chat = tiny_generation_package(root / "chat", context_length=32)
     config = ServeConfig(
         models=[
             ModelConfig(versions={1: str(text), 2: str(text)}),
             ModelConfig(versions={1: str(image)}),
+            ModelConfig(versions={1: str(chat)}),
         ],
         max_body_bytes=50_000,
         max_request_inputs=50,
@@ -72,8 +77,12 @@ def _fuzz(operation: Any, mode: GenerationMode, statuses: Counter[int]) -> None:
         statuses[_call(case, headers)] += 1
         is_management = "/admin/" in operation.path
         if "name" in (case.path_parameters or {}) and not is_management:
-            for served in ("sentiment", "digits"):
+            for served in ("sentiment", "digits", "chat"):
                 case.path_parameters["name"] = served
+                statuses[_call(case, headers)] += 1
+        if operation.path in OPENAI_PATHS and isinstance(case.body, dict):
+            for served in ("chat", "sentiment"):
+                case.body["model"] = served
                 statuses[_call(case, headers)] += 1
 
     try:
@@ -89,5 +98,11 @@ def _call(case: Any, headers: dict[str, str]) -> int:
     case.validate_response(response, checks=[not_a_server_error])
     if response.status_code >= 400:
         body = response.json()
-        assert isinstance(body.get("error"), str) and body["error"], (case.operation.label, response.text)
+        error = body.get("error")
+        if case.operation.path in OPENAI_PATHS:  # OpenAI's error body, naming the field when it can
+            assert isinstance(error, dict) and error["message"] and "param" in error, response.text
+        else:
+            assert isinstance(error, str) and error, (case.operation.label, response.text)
+    elif case.operation.path in OPENAI_PATHS and "text/event-stream" in str(response.headers["content-type"]):
+        assert response.text.endswith("data: [DONE]\n\n"), response.text
     return int(response.status_code)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -52,6 +53,7 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
         ConfigError: a non-loopback bind without tokens, or an unreadable token file.
     """
     from kiln.serve import apps, recommend, rest, v2
+    from kiln.serve.generation import openai
     from kiln.version import __version__
 
     registry = None
@@ -110,6 +112,7 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
     app.include_router(recommend.router)
     app.include_router(apps.router)
     app.include_router(v2.router)
+    app.include_router(openai.router)
     if registry is not None and config.registry_api:
         from kiln.registry.http import create_router
 
@@ -134,14 +137,22 @@ def create_app(config: ServeConfig, *, verifier: TokenVerifier | None = None) ->
 
     @app.exception_handler(HTTPProblem)
     async def on_problem(request: Request, exc: HTTPProblem) -> JSONResponse:
+        if request.url.path in openai.PATHS:
+            return openai.problem_response(exc)
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _http_error_response(exc)
+        response = _http_error_response(exc)
+        if request.url.path in openai.PATHS:
+            message = json.loads(bytes(response.body))["error"]
+            return openai.problem_response(HTTPProblem(exc.status_code, message, exc.headers))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if request.url.path in openai.PATHS:
+            return openai.validation_response(exc)
         return _validation_response(exc)
 
     from kiln.monitor.service import attach_monitoring

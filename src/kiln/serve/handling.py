@@ -20,7 +20,7 @@ from kiln.runtime.preprocessing import InputError
 from kiln.serve.batching import BatcherStoppedError, DeadlineExceededError, QueueFullError
 from kiln.serve.config import ServeConfig
 from kiln.serve.metrics import ServeMetrics
-from kiln.serve.models import ModelLoadError
+from kiln.serve.models import ModelLoadError, ServedGenerator, ServedModel
 from kiln.serve.repository import (
     LoadedVersion,
     ModelRepository,
@@ -137,7 +137,7 @@ class InferenceService:
         except UnknownModelError:
             return None
         versions = [entry.versions.get(version)] if version is not None else list(entry.versions.values())
-        if not versions or any(v is None or not v.batcher.is_full for v in versions):
+        if not versions or any(v is None or not v.is_full for v in versions):
             return None  # room somewhere (or an unknown version): the normal path answers
         try:
             self.authorize(authorization)
@@ -146,7 +146,9 @@ class InferenceService:
         full = versions[0]
         assert full is not None
         self.metrics.requests.labels(name, str(full.model.version), "503").inc()
-        return queue_full_problem(full.batcher.queue_full_error())
+        source = full.engine or full.batcher
+        assert source is not None  # a version serves through one of them
+        return queue_full_problem(source.queue_full_error())
 
     async def predict(
         self,
@@ -167,6 +169,8 @@ class InferenceService:
         self.metrics.in_flight.inc()
         request_id = (headers.get(REQUEST_ID_HEADER) or "")[:128] or uuid.uuid4().hex
         try:
+            if loaded.engine is not None:
+                model.check_inputs([])  # a generation model refuses, naming its endpoints
             deadline = self.deadline(headers)
             inputs = model.check_inputs(decode())
             if len(inputs) > self.config.max_request_inputs:
@@ -215,6 +219,22 @@ class InferenceService:
         finally:
             self.metrics.in_flight.dec()
             self.metrics.requests.labels(*labels, str(status)).inc()
+
+
+def classifier_of(loaded: LoadedVersion) -> ServedModel:
+    """The served classifier (or recommender) of a version.
+
+    Raises:
+        HTTPProblem: 400 for a text-generation version, naming its endpoints.
+    """
+    model = loaded.model
+    if isinstance(model, ServedGenerator):
+        raise HTTPProblem(
+            400,
+            f"model {model.name!r} is a text-generation model; use POST /v1/chat/completions "
+            "or POST /v1/completions",
+        )
+    return model
 
 
 def queue_full_problem(exc: QueueFullError) -> HTTPProblem:

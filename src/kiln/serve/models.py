@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from kiln.errors import KilnError
-from kiln.runtime import Predictor
+from kiln.runtime import Generator, Predictor
 from kiln.runtime.predictor import Engine
 from kiln.runtime.preprocessing import ImagePreprocessor, InputError, TextPreprocessor
 from kiln.runtime.recommender import Recommender, RecommendQuery
@@ -251,6 +251,41 @@ class ServedModel:
         return out
 
 
+class ServedGenerator:
+    """One loaded text-generation version: answered through the OpenAI-compatible endpoints."""
+
+    kind = "generation"
+
+    def __init__(self, *, name: str, version: int, predictor: Generator, source: str) -> None:
+        self.name = name
+        self.version = version
+        self.predictor = predictor
+        self.source = source
+        self.labels: list[str] = []
+        self.max_length: int | None = predictor.context_length
+
+    def check_inputs(self, inputs: list[Any]) -> list[Any]:
+        """Refuse classifier-style inputs: a generation model answers chat and completion requests.
+
+        Raises:
+            InputError: always, naming the endpoints to use.
+        """
+        raise InputError(
+            f"model {self.name!r} is a text-generation model; use POST /v1/chat/completions "
+            "or POST /v1/completions"
+        )
+
+    def warm_up(self) -> None:
+        """Generate a few tokens alone and in a batch so the first request pays no one-off costs."""
+        from kiln.runtime.kv_batch import check_cache_layout
+
+        try:
+            check_cache_layout(self.predictor.model)
+        except ValueError as exc:
+            raise ModelLoadError(f"{self.source}: {exc}") from exc
+        self.predictor.generate(["warm up the model"] * 2, max_new_tokens=2)
+
+
 def load_served_model(
     *,
     name: str | None,
@@ -260,8 +295,8 @@ def load_served_model(
     num_threads: int,
     chunk_size: int,
     thread_counts: Sequence[int] = (),
-    loader: Callable[..., Predictor | Recommender] | None = None,
-) -> ServedModel:
+    loader: Callable[..., Predictor | Recommender | Generator] | None = None,
+) -> ServedModel | ServedGenerator:
     """Resolve, load and warm up one version (blocking; run it off the event loop).
 
     The package loads with ``num_threads`` intra-op threads; a classifier also gets an engine for
@@ -277,23 +312,34 @@ def load_served_model(
         predictor = (loader or load)(resolved.path, device=device, num_threads=num_threads)
     except KilnError as exc:
         raise ModelLoadError(f"{source}: {exc}") from exc
-    if not isinstance(predictor, Predictor | Recommender):
+    if not isinstance(predictor, Predictor | Recommender | Generator):
         raise ModelLoadError(
-            f"{source}: a {predictor.task!r} package; kiln serve serves classification and recommendation packages"
+            f"{source}: a {predictor.task!r} package; kiln serve serves classification, "
+            "recommendation and text-generation packages"
         )
+    served_name = name or resolved.name or str(predictor.manifest.get("name") or resolved.path.name)
+    served_version = version if version is not None else (resolved.version or 1)
+    served: ServedModel | ServedGenerator
     try:
-        served = ServedModel(
-            name=name or resolved.name or str(predictor.manifest.get("name") or resolved.path.name),
-            version=version if version is not None else (resolved.version or 1),
-            predictor=predictor,
-            source=source,
-            chunk_size=chunk_size,
-            thread_counts=thread_counts,
-        )
+        if isinstance(predictor, Generator):
+            served = ServedGenerator(
+                name=served_name, version=served_version, predictor=predictor, source=source
+            )
+        else:
+            served = ServedModel(
+                name=served_name,
+                version=served_version,
+                predictor=predictor,
+                source=source,
+                chunk_size=chunk_size,
+                thread_counts=thread_counts,
+            )
     except KilnError as exc:
         raise ModelLoadError(f"{source}: {exc}") from exc
     try:
         served.warm_up()
+    except ModelLoadError:
+        raise
     except Exception as exc:
         raise ModelLoadError(f"{source}: warm-up failed: {exc}") from exc
     return served

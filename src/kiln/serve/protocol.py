@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from kiln.runtime.preprocessing import InputError
-from kiln.serve.models import ServedModel
+from kiln.serve.models import ServedGenerator, ServedModel
 
 NUMERIC_DTYPES: dict[str, Any] = {
     "BOOL": np.bool_,
@@ -95,8 +95,20 @@ def input_name(model: ServedModel) -> str:
     return "text" if model.kind == "text" else "pixels"
 
 
-def metadata(model: ServedModel, versions: list[int]) -> dict[str, Any]:
-    """Model metadata per the protocol: name, versions, platform, input and output tensors."""
+def metadata(model: ServedModel | ServedGenerator, versions: list[int]) -> dict[str, Any]:
+    """Model metadata per the protocol: name, versions, platform, input and output tensors.
+
+    A text-generation model has no tensors here: it answers the OpenAI-compatible endpoints.
+    """
+    if isinstance(model, ServedGenerator):
+        return {
+            "name": model.name,
+            "versions": [str(v) for v in sorted(versions)],
+            "platform": f"kiln_{model.predictor.manifest.get('format', 'torch')}",
+            "inputs": [],
+            "outputs": [],
+            "parameters": {"task": model.predictor.task, "endpoints": ["/v1/chat/completions", "/v1/completions"]},
+        }
     if model.kind == "text":
         inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     else:

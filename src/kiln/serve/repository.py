@@ -20,9 +20,10 @@ from typing import Any
 
 from kiln.errors import KilnError
 from kiln.serve.batching import Batcher
-from kiln.serve.config import BatchingConfig, ModelConfig, ServeConfig
+from kiln.serve.config import BatchingConfig, GenerationServingConfig, ModelConfig, ServeConfig
+from kiln.serve.generation.engine import GenerationEngine
 from kiln.serve.metrics import ServeMetrics
-from kiln.serve.models import ServedModel, load_served_model, resolve_source
+from kiln.serve.models import ServedGenerator, ServedModel, load_served_model, resolve_source
 from kiln.serve.routing import Router
 from kiln.serve.threads import plan_threads
 
@@ -51,15 +52,27 @@ PredictionObserver = Callable[[PredictionRecord], None]
 
 @dataclass
 class LoadedVersion:
-    """A version that serves: the model, its batcher and the threads it computes on."""
+    """A version that serves: a classifier or recommender with its batcher and the threads it
+    computes on, or a text-generation model with its continuous-batching engine."""
 
-    model: ServedModel
-    batcher: Batcher
-    executor: ThreadPoolExecutor
+    model: ServedModel | ServedGenerator
+    batcher: Batcher | None = None
+    executor: ThreadPoolExecutor | None = None
+    engine: GenerationEngine | None = None
     loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def is_full(self) -> bool:
+        """Whether a new request would be refused for lack of room in the queue."""
+        if self.engine is not None:
+            return self.engine.is_full
+        return self.batcher is not None and self.batcher.is_full
 
     async def predict(self, inputs: list[Any], *, deadline: float | None) -> Any:
         """Submit checked inputs through the batcher (or straight to the model when off)."""
+        if self.batcher is None:
+            self.model.check_inputs(inputs)  # a generation model refuses them, naming its endpoints
+            raise RuntimeError(f"model {self.model.name} has no batcher")
         return await self.batcher.submit(inputs, deadline=deadline)
 
 
@@ -81,6 +94,7 @@ class ModelRepository:
         self.observers: list[PredictionObserver] = []  # called after every answered request
         self._entries: dict[str, ModelEntry] = {}
         self._batching: dict[str, BatchingConfig] = {}
+        self._generation: dict[str, GenerationServingConfig] = {}
         self._sources: dict[tuple[str, int], str] = {}
         self.threads = plan_threads(config)  # intra-op threads per model call, by load
         self._lock = asyncio.Lock()
@@ -145,7 +159,9 @@ class ModelRepository:
         """Load all versions of a configured model and apply its canary weights."""
         name = model_cfg.name
         for version, source in sorted(model_cfg.versions.items()):
-            loaded = await self.load_version(name, version, source, batching=model_cfg.batching)
+            loaded = await self.load_version(
+                name, version, source, batching=model_cfg.batching, generation=model_cfg.generation
+            )
             name = loaded.model.name
         if model_cfg.canary or model_cfg.sticky_header:
             assert name is not None  # versions holds at least one entry, so a loaded model named it
@@ -158,6 +174,7 @@ class ModelRepository:
         source: str,
         *,
         batching: BatchingConfig | None = None,
+        generation: GenerationServingConfig | None = None,
     ) -> LoadedVersion:
         """Load, warm up and switch in one version; the previous holder of that version drains.
 
@@ -166,6 +183,7 @@ class ModelRepository:
         """
         async with self._lock:
             cfg = batching or self._batching.get(name or "", BatchingConfig())
+            gen_cfg = generation or self._generation.get(name or "", GenerationServingConfig())
             served = await asyncio.to_thread(
                 load_served_model,
                 name=name,
@@ -176,7 +194,10 @@ class ModelRepository:
                 chunk_size=cfg.compute_chunk_size,
                 thread_counts=self.threads.counts,
             )
-            loaded = self._start_version(served, cfg)
+            if isinstance(served, ServedGenerator):
+                loaded = self._start_engine(served, gen_cfg)
+            else:
+                loaded = self._start_version(served, cfg)
             old_entry = self._entries.get(served.name)
             versions = dict(old_entry.versions) if old_entry else {}
             replaced = versions.get(served.version)
@@ -184,6 +205,7 @@ class ModelRepository:
             router = old_entry.router if old_entry else Router()
             self._entries[served.name] = ModelEntry(served.name, versions, router)  # the switch
             self._batching[served.name] = cfg
+            self._generation[served.name] = gen_cfg
             self._sources[(served.name, served.version)] = source
             self.metrics.models_loaded.set(self._count_versions())
             logger.info("serving %s version %s from %s", served.name, served.version, source)
@@ -274,9 +296,26 @@ class ModelRepository:
         self.metrics.track_queue(served.name, served.version, lambda: batcher.depth)
         return LoadedVersion(model=served, batcher=batcher, executor=executor)
 
+    def _start_engine(self, served: ServedGenerator, cfg: GenerationServingConfig) -> LoadedVersion:
+        engine = GenerationEngine(
+            served.predictor,
+            cfg,
+            name=f"{served.name}:{served.version}",
+            hooks=self.metrics.engine_hooks(served.name, served.version),
+            num_threads=self.threads.alone,
+        )
+        engine.start()
+        self.metrics.track_engine(served.name, served.version, engine)
+        return LoadedVersion(model=served, engine=engine)
+
     async def _retire(self, name: str, version: int, loaded: LoadedVersion) -> None:
-        await loaded.batcher.stop(drain=True)
-        loaded.executor.shutdown(wait=False)
+        # A replaced generation version finishes the sequences it started (streams included).
+        if loaded.engine is not None:
+            await loaded.engine.stop(drain=True)
+        if loaded.batcher is not None:
+            await loaded.batcher.stop(drain=True)
+        if loaded.executor is not None:
+            loaded.executor.shutdown(wait=False)
         if name not in self._entries or version not in self._entries[name].versions:
             self.metrics.forget_version(name, version)
 

@@ -130,11 +130,43 @@ async def _predict(
     return {"model": model.name, "version": model.version, "outputs": result.outputs}
 
 
-@router.get("/v1/models", response_model=list[ModelInfo])
-async def list_models(request: Request) -> list[dict[str, Any]]:
-    """Every loaded model with its versions and canary weights."""
+class ModelListing(ModelInfo):
+    """A loaded model as OpenAI's model list shows it, with Kiln's versions and routing."""
+
+    id: str
+    object: str = "model"
+    created: int = Field(description="when its newest version was loaded (Unix seconds)")
+    owned_by: str = "kiln"
+    task: str
+
+
+class ModelList(BaseModel):
+    """Every loaded model, in OpenAI's list shape (``GET /v1/models`` of the OpenAI API)."""
+
+    object: str = "list"
+    data: list[ModelListing]
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> dict[str, Any]:
+    """Every loaded model (classifiers, recommenders, text generators) with its versions and canary."""
     repo = service_of(request).repository
-    return [_info(repo, name) for name in repo.names()]
+    data = []
+    for name in repo.names():
+        info = _info(repo, name)
+        versions = repo.entry(name).versions
+        newest = versions[max(versions)]
+        data.append(
+            {
+                **info,
+                "id": name,
+                "object": "model",
+                "created": int(newest.loaded_at),
+                "owned_by": "kiln",
+                "task": newest.model.predictor.manifest.get("task") or "classification",
+            }
+        )
+    return {"object": "list", "data": data}
 
 
 @router.post("/v1/admin/models/{name}:load", response_model=ModelInfo, tags=["management"])

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from kiln.errors import HTTPProblem
 from kiln.runtime.preprocessing import InputError
+from kiln.serve.handling import classifier_of
 from kiln.serve.protocol import (
     InferRequest,
     InferResponse,
@@ -110,12 +111,12 @@ async def _infer(request: Request, name: str, version: int | None) -> Response:
     except InputError as exc:
         raise HTTPProblem(400, str(exc)) from None
     loaded = service.route(name, version, request.headers)
-    model = loaded.model
+    model = classifier_of(loaded)
     result = await service.predict(
         loaded, lambda: decode_inputs(model, body, blobs), request.headers
     )
     try:
-        outputs = encode_outputs(result.loaded.model, result.outputs, body.outputs)
+        outputs = encode_outputs(classifier_of(result.loaded), result.outputs, body.outputs)
     except InputError as exc:
         raise HTTPProblem(400, str(exc)) from None
     header: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}

@@ -88,7 +88,7 @@ def test_retrain_loop_serves_gated_version_as_canary(text_package: Path, tmp_pat
         outcome = _fire_and_wait(srv)
         assert outcome.state == "canary", outcome.reason
         assert outcome.new_version == 2 and "version 2 serves 10% as a canary" in outcome.reason
-        info = srv.get("/v1/models").json()[0]
+        info = srv.get("/v1/models").json()["data"][0]
         assert info["versions"] == [1, 2] and info["canary"] == {"1": 90, "2": 10}
         assert srv.get("/v2/models/s/versions/2").status_code == 200
         pinned = srv.post("/v1/models/s/versions/2:predict", {"inputs": ["a moving story"]})
@@ -111,7 +111,7 @@ def test_retrain_loop_gate_failure_leaves_serving_unchanged(text_package: Path, 
         outcome = _fire_and_wait(srv)
         floor = outcome.current_metrics["accuracy"] + 1.0
         assert outcome.state == "rejected" and f"fails the gate >= {floor:.4f}" in outcome.reason
-        info = srv.get("/v1/models").json()[0]
+        info = srv.get("/v1/models").json()["data"][0]
         assert info["versions"] == [1] and info["canary"] == {}
         latest = _retrain_history(srv)[0]
         assert latest["state"] == "rejected" and latest["condition"] == outcome.reason
@@ -133,7 +133,7 @@ def test_retrain_loop_on_real_drift_goes_through_the_recipe_gate(text_package: P
         # The recipe's rules decided (the rule's own max_accuracy_drop of -1 would have refused).
         assert outcome.state == "canary", outcome.reason
         assert "recipe gate passed" in outcome.reason and "'p99_latency_ms <= 60000' pass" in outcome.reason
-        assert srv.get("/v1/models").json()[0]["canary"] == {"1": 90, "2": 10}
+        assert srv.get("/v1/models").json()["data"][0]["canary"] == {"1": 90, "2": 10}
 
 
 def test_retrain_loop_recipe_gate_failure_says_which_rule(text_package: Path, tmp_path: Path) -> None:
@@ -143,4 +143,4 @@ def test_retrain_loop_recipe_gate_failure_says_which_rule(text_package: Path, tm
         outcome = _fire_and_wait(srv)
         assert outcome.state == "rejected"
         assert "recipe gate failed ('accuracy >= production.accuracy + 2' fail:" in outcome.reason
-        assert srv.get("/v1/models").json()[0]["canary"] == {}
+        assert srv.get("/v1/models").json()["data"][0]["canary"] == {}

@@ -47,10 +47,14 @@ def test_served_model_refuses_a_thread_count_it_has_no_engine_for(text_package: 
         served.predict_batch(["fine"], 3)
 
 
-def test_load_served_model_refuses_a_text_generation_package(tmp_path: Path) -> None:
-    from kiln.serve.models import ModelLoadError
+def test_load_served_model_loads_a_text_generation_package_for_the_openai_endpoints(tmp_path: Path) -> None:
+    from kiln.runtime.preprocessing import InputError
+    from kiln.serve.models import ServedGenerator
     from tests.helpers import tiny_generation_package
 
     package = tiny_generation_package(tmp_path / "gen")
-    with pytest.raises(ModelLoadError, match="a 'text-generation' package; kiln serve serves classification"):
-        load_served_model(name=None, version=1, source=str(package), device="cpu", num_threads=1, chunk_size=4)
+    served = load_served_model(name=None, version=1, source=str(package), device="cpu", num_threads=1, chunk_size=4)
+    assert isinstance(served, ServedGenerator)
+    assert (served.name, served.kind, served.max_length) == ("gen", "generation", 64)
+    with pytest.raises(InputError, match="is a text-generation model; use POST /v1/chat/completions"):
+        served.check_inputs(["hi"])
