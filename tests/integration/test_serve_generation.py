@@ -335,3 +335,45 @@ def test_a_chat_model_on_the_predict_endpoint_is_told_where_to_go(server: Runnin
     resp = server.post("/v1/models/chat:predict", {"inputs": ["hi"]})
     assert resp.status_code == 400
     assert "/v1/chat/completions" in resp.json()["error"]
+
+
+def test_a_reloaded_version_finishes_the_streams_it_started_and_canary_routes(packages: dict[str, Path]) -> None:
+    from kiln.registry.access import token_verifier
+
+    auth = {"Authorization": "Bearer t0k"}
+    cfg = ServeConfig(models=[ModelConfig(versions={1: str(packages["chat"]), 2: str(packages["chat"])})])
+    with serving(cfg, verifier=token_verifier(["t0k"])) as srv:
+        old = StepGate(srv, "chat")  # version 2, the newest, takes the traffic
+        events: list[Any] = []
+        done = threading.Event()
+
+        def stream() -> None:
+            body = {"model": "chat", "prompt": "the cat", "max_tokens": 30, "stream": True}
+            with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as resp:
+                events.extend(sse_events(resp.iter_lines()))
+            done.set()
+
+        threading.Thread(target=stream, daemon=True).start()
+        wait_until(lambda: old.engine.waiting == 1, what="the stream queued")
+        old.allow(1)
+        with ThreadPoolExecutor(1) as pool:
+            reload = pool.submit(
+                httpx.post,
+                srv.url + "/v1/admin/models/chat:load",
+                json={"source": str(packages["chat"]), "version": 2},
+                headers=auth,
+                timeout=60,
+            )
+            wait_until(lambda: srv.repository.route("chat", 2).engine is not old.engine, what="the switch")
+            fresh = srv.post("/v1/completions", {"model": "chat", "prompt": "a", "max_tokens": 3})
+            assert fresh.status_code == 200 and fresh.headers["X-Model-Version"] == "2"
+            assert not done.is_set() and not reload.done()  # the old engine drains the stream it holds
+            old.open()
+            assert reload.result(timeout=60).status_code == 200
+        assert done.wait(30) and events[-1] == "[DONE]"
+        assert sum(1 for e in events[:-1] if e["choices"][0]["text"]) >= 1
+        assert events[-2]["choices"][0]["finish_reason"] in ("length", "stop")
+        canary = srv.client_put("/v1/admin/models/chat/canary", {"weights": {"1": 100}}, token="t0k")
+        assert canary.status_code == 200
+        pinned = srv.post("/v1/completions", {"model": "chat", "prompt": "a", "max_tokens": 2}, headers=auth)
+        assert pinned.headers["X-Model-Version"] == "1"
