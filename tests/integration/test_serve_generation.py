@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -243,6 +244,19 @@ def test_client_disconnect_cancels_the_sequence_and_frees_its_slot(server: Runni
     wait_until(lambda: metric(server, "kiln_generation_running_sequences") == 0, what="slot freed")
     assert metric(server, "kiln_generation_kv_cache_reserved_tokens") == 0
     assert metric(server, "kiln_generation_completion_tokens_total") - completion_before <= 4
+
+
+def test_a_client_leaving_a_whole_answer_request_cancels_it(server: Running, gate: StepGate) -> None:
+    cancelled_before = metric(server, "kiln_generation_cancelled_total")
+    body = json.dumps({"model": "chat", "prompt": "the cat", "max_tokens": 50}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        head = f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        sock.sendall(head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        wait_until(lambda: gate.engine.waiting == 1, what="the request queued")
+    wait_until(lambda: metric(server, "kiln_generation_cancelled_total") == cancelled_before + 1, what="cancel")
+    gate.open()
+    wait_until(lambda: gate.engine.waiting == 0 and gate.engine.running == 0, what="nothing left")
 
 
 def test_requests_past_the_waiting_bound_get_503_with_retry_after(server: Running) -> None:

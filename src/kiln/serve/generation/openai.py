@@ -11,6 +11,7 @@ its sequence, which leaves the decode batch before the next step.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -19,7 +20,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from kiln.errors import ConfigError, DataError, HTTPProblem, PackageError
 from kiln.runtime.generation import Generator, PreparedPrompt
@@ -137,15 +138,42 @@ async def _complete(request: Request, body: SamplingFields, prompt: Any, *, kind
     service.metrics.in_flight.inc()
     status = 500
     try:
-        finished = await handle.result()
+        finished = await _unless_disconnected(request, handle)
         status = 200
     except GenerationFailedError as exc:
         raise OpenAIProblem(500, str(exc)) from None
+    except ClientGoneError:
+        status = 499  # nginx's "client closed request": nobody reads the answer
+        return Response(status_code=status)
     finally:
         handle.cancel()  # a no-op once finished; frees the slot of a request whose client left
         service.metrics.in_flight.dec()
         service.metrics.requests.labels(*labels, str(status)).inc()
     return JSONResponse(answer.whole(finished), headers=headers)
+
+
+class ClientGoneError(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+async def _unless_disconnected(request: Request, handle: SequenceHandle) -> Finished:
+    """The whole answer, or ``ClientGoneError`` as soon as the client disconnects."""
+    result = asyncio.ensure_future(handle.result())
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not result.done():
+        result.cancel()
+        raise ClientGoneError
+    return result.result()
+
+
+async def _disconnect(request: Request) -> None:
+    # The body is read already, so the next message the server gives is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _route(service: InferenceService, name: str, headers: Mapping[str, str]) -> tuple[LoadedVersion, GenerationEngine]:
