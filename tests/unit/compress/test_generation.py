@@ -199,6 +199,21 @@ def test_conversations_score_the_reply_through_the_chat_template(parent: Path, t
     assert manifest["metrics"]["scored_tokens"] == sum(sum(m[1:]) for m in masks)
 
 
+def test_conversations_are_scored_after_the_package_system_prompt(parent: Path) -> None:
+    generator = load_generator(parent, device="cpu")
+    generator.system_prompt = "answer in one word"
+    conversation = ({"role": "user", "content": "capital of france?"}, {"role": "assistant", "content": "paris"})
+    own = ({"role": "system", "content": "be kind"}, *conversation)
+    ids, masks = scoring_rows(generator, [conversation, own], sequence_length=64)
+    assert masks is not None
+    prompts = [
+        generator.tokenizer.decode([t for t, m in zip(i, k, strict=True) if not m])
+        for i, k in zip(ids, masks, strict=True)
+    ]
+    assert "answer in one word" in prompts[0]
+    assert "be kind" in prompts[1] and "answer in one word" not in prompts[1]
+
+
 def generation_recipe(tmp_path: Path) -> Path:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"{text} ({i})" for i in range(6) for text in DOCUMENTS) + "\n", encoding="utf-8")
