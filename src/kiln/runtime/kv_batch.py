@@ -72,6 +72,9 @@ class KVBatch:
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # [rows, cache length], 1 on real tokens
         self._positions: torch.Tensor | None = None  # [rows], the position of each row's next token
+        # Whether some row has padding; without any, the model's own mask and positions are
+        # right and building them each step is skipped (as decode_batch does).
+        self._is_padded = False
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -101,6 +104,7 @@ class KVBatch:
                 mine.values = torch.cat([_left_pad(mine.values, width), _left_pad(theirs.values, width)])
             self._mask = torch.cat([_left_pad(self._mask, width, dim=1), _left_pad(mask, width, dim=1)])
             self._positions = torch.cat([self._positions, position])
+            self._is_padded = not bool(self._mask.all())
         prefill.cache = None
         self.keys.append(key)
 
@@ -115,6 +119,7 @@ class KVBatch:
         self.keys = [self.keys[row] for row in keep]
         if not keep:
             self._cache = self._mask = self._positions = None
+            self._is_padded = False
             return
         assert self._mask is not None and self._positions is not None
         index = torch.tensor(keep, device=self._mask.device)
@@ -125,6 +130,7 @@ class KVBatch:
             layer.values = layer.values.index_select(0, index)[:, :, first:]
         self._mask = mask[:, first:]
         self._positions = self._positions.index_select(0, index)
+        self._is_padded = not bool(self._mask.all())
 
     def step(self, tokens: Sequence[int]) -> torch.Tensor:
         """Feed each row its newest token (in row order); return the next logits, [rows, vocab]."""
@@ -134,13 +140,15 @@ class KVBatch:
             raise ValueError(f"a step needs one token per row ({len(self.keys)}), got {len(tokens)}")
         device = self._mask.device
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(tokens), 1))], dim=1)
+        padding: dict[str, torch.Tensor] = {}
+        if self._is_padded:
+            padding = {"attention_mask": self._mask, "position_ids": self._positions.unsqueeze(-1)}
         with torch.inference_mode():
             out = self.model(
                 input_ids=torch.tensor(list(tokens), device=device).unsqueeze(-1),
-                attention_mask=self._mask,
-                position_ids=self._positions.unsqueeze(-1),
                 cache=self._cache,
                 use_cache=True,
+                **padding,
             )
         self._cache = out.cache
         self._positions = self._positions + 1

@@ -184,9 +184,10 @@ def _route(service: InferenceService, name: str, headers: Mapping[str, str]) -> 
         raise OpenAIProblem(exc.status, exc.message, param="model", code=code, headers=exc.headers) from None
     if loaded.engine is None:
         task = loaded.model.predictor.manifest.get("task") or "classification"
+        action = "recommend" if task == "recommendation" else "predict"
         raise OpenAIProblem(
             400,
-            f"model {name!r} is a {task} model, not a text-generation model; use POST /v1/models/{name}:predict",
+            f"model {name!r} is a {task} model, not a text-generation model; use POST /v1/models/{name}:{action}",
             param="model",
             code="model_not_supported",
         )
