@@ -205,33 +205,24 @@ def scoring_rows(
     package's chat template (after the package's system prompt, unless it has its own), scored
     on the assistant's reply only, as supervised fine-tuning learns it.
     """
-    from kiln.data.chat import sft_tokens
-    from kiln.data.tokenizer import pack_documents
+    from kiln.data.chat import token_rows
 
     if not items:
         raise CompressError("no text to score the packages on (the validation split is empty)")
-    if all(isinstance(item, str) for item in items):
-        ids = [e.ids for e in generator.tokenizer.encode_batch([str(t) for t in items], add_special_tokens=False)]
-        total = sum(len(row) + 1 for row in ids)
-        packed = pack_documents(ids, min(sequence_length, total), generator.eos_id)
-        return packed.tolist(), None
-    if generator.chat_template is None:
+    is_documents = all(isinstance(item, str) for item in items)
+    if not is_documents and generator.chat_template is None:
         raise CompressError(f"{generator.path}: conversations to score, but the package has no chat template")
-    rows, masks = [], []
-    system = generator.system_prompt
-    for conversation in items:
-        if system is not None and conversation[0]["role"] != "system":
-            conversation = ({"role": "system", "content": system}, *conversation)
-        row, mask = sft_tokens(
-            generator.tokenizer,
-            generator.chat_template,
-            tuple(conversation),
-            sequence_length=sequence_length,
-            special_tokens=generator.special_tokens,
-        )
-        rows.append(row.tolist())
-        masks.append(mask.tolist())
-    return rows, masks
+    rows, masks = token_rows(
+        generator.tokenizer,
+        items,
+        sequence_length=sequence_length,
+        eos_token=generator.special_tokens["eos_token"],
+        chat_template=generator.chat_template,
+        special_tokens=generator.special_tokens,
+        system_prompt=generator.system_prompt,
+        is_short_row_allowed=True,
+    )
+    return [row.tolist() for row in rows], None if is_documents else [mask.tolist() for mask in masks]
 
 
 def perplexity_metrics(parent: tuple[float, int], child: tuple[float, int]) -> dict[str, Any]:

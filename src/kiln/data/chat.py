@@ -145,3 +145,63 @@ def _compile(template: str) -> jinja2.Template:
         return env.from_string(template)
     except jinja2.TemplateError as exc:
         raise DataError(f"the chat template does not compile: {exc}") from None
+
+
+def with_system(conversation: Sequence[Mapping[str, str]], system_prompt: str | None) -> Conversation:
+    """The conversation with ``system_prompt`` as its first message, unless it has a system message."""
+    messages = tuple(dict(m) for m in conversation)
+    if system_prompt is None or (messages and messages[0]["role"] == "system"):
+        return messages
+    return ({"role": "system", "content": system_prompt}, *messages)
+
+
+def token_rows(
+    tokenizer: Tokenizer,
+    items: Sequence[str] | Sequence[Sequence[Mapping[str, str]]],
+    *,
+    sequence_length: int,
+    eos_token: str,
+    chat_template: str | None,
+    special_tokens: Mapping[str, str],
+    system_prompt: str | None = None,
+    is_short_row_allowed: bool = False,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Token rows and their loss masks, as language-model training, evaluation and compression
+    all read text.
+
+    Documents (strings) are joined with ``eos_token`` and cut into rows of ``sequence_length``,
+    every token a target; conversations become one row each through ``chat_template``, after
+    ``system_prompt`` unless they bring their own, with only the response tokens as targets.
+
+    Args:
+        is_short_row_allowed: documents holding fewer tokens than one row make one shorter row
+            instead of an error (scoring a small sample).
+
+    Raises:
+        DataError: documents too short for one row; conversations without a chat template.
+    """
+    from kiln.data.tokenizer import pack_documents
+
+    if all(isinstance(item, str) for item in items):
+        eos_id = tokenizer.token_to_id(eos_token)
+        if eos_id is None:
+            raise DataError(f"the tokenizer has no end-of-text token {eos_token!r}")
+        encoded = [e.ids for e in tokenizer.encode_batch([str(d) for d in items], add_special_tokens=False)]
+        if is_short_row_allowed:
+            sequence_length = min(sequence_length, sum(len(ids) + 1 for ids in encoded))
+        packed = pack_documents(encoded, sequence_length, eos_id)
+        return list(packed), [np.ones(sequence_length, dtype=bool)] * len(packed)
+    if chat_template is None:
+        raise DataError("conversations need a chat template to become token rows, and there is none")
+    rows, masks = [], []
+    for conversation in items:
+        ids, mask = sft_tokens(
+            tokenizer,
+            chat_template,
+            with_system(conversation, system_prompt),  # type: ignore[arg-type]
+            sequence_length=sequence_length,
+            special_tokens=special_tokens,
+        )
+        rows.append(ids)
+        masks.append(mask)
+    return rows, masks

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln.config.schema import LanguageModelConfig, Recipe
+from kiln.data.chat import with_system
 from kiln.errors import DataError
 
 if TYPE_CHECKING:
@@ -155,36 +156,23 @@ def perplexity(generator: Generator, data: GenerationData, lm: LanguageModelConf
     Raises:
         DataError: the text holds too few tokens for one packed row, or no target token.
     """
-    length = min(lm.sequence_length, generator.context_length)
-    if data.objective == "pretrain":
-        from kiln.data.tokenizer import pack_documents
+    from kiln.data.chat import token_rows
 
-        encoded = [e.ids for e in generator.tokenizer.encode_batch(data.documents, add_special_tokens=False)]
-        rows = pack_documents(encoded, length, generator.eos_id).tolist()
-        nll, count = generator.score(rows)
-    else:
-        ids, masks = zip(*(response_tokens(generator, c, lm, length) for c in data.conversations), strict=True)
-        nll, count = generator.score(ids, loss_mask=masks)
+    is_pretraining = data.objective == "pretrain"
+    ids, masks = token_rows(
+        generator.tokenizer,
+        data.documents if is_pretraining else data.conversations,
+        sequence_length=min(lm.sequence_length, generator.context_length),
+        eos_token=generator.special_tokens["eos_token"],
+        chat_template=None if is_pretraining else _chat_template(generator),
+        special_tokens=generator.special_tokens,
+        system_prompt=system_prompt(generator, lm),
+    )
+    nll, count = generator.score([row.tolist() for row in ids], loss_mask=[m.tolist() for m in masks])
     if count == 0:
         raise DataError(f"{data.source}: no target tokens to score")
     loss = nll / count
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
-
-
-def response_tokens(
-    generator: Generator, conversation: Conversation, lm: LanguageModelConfig, length: int
-) -> tuple[list[int], list[int]]:
-    """A conversation's token ids and the mask of its response tokens, as supervised fine-tuning sees them."""
-    from kiln.data.chat import sft_tokens
-
-    ids, mask = sft_tokens(
-        generator.tokenizer,
-        _chat_template(generator),
-        tuple(dict(m) for m in with_system(conversation, system_prompt(generator, lm))),
-        sequence_length=length,
-        special_tokens=generator.special_tokens,
-    )
-    return ids.tolist(), mask.tolist()
 
 
 def answer_records(
@@ -194,7 +182,7 @@ def answer_records(
     if not conversations:
         return []
     _chat_template(generator)
-    prompts = [with_system(c[:-1], system_prompt(generator, lm)) for c in conversations]
+    prompts = [list(with_system(c[:-1], system_prompt(generator, lm))) for c in conversations]
     answers = []
     for start in range(0, len(prompts), batch_size):
         answers += generator.generate(prompts[start : start + batch_size], temperature=0.0)
@@ -251,14 +239,6 @@ def system_prompt(generator: Generator, lm: LanguageModelConfig) -> str | None:
     return lm.system_prompt if lm.system_prompt is not None else generator.system_prompt
 
 
-def with_system(messages: Conversation, system_prompt: str | None) -> list[dict[str, str]]:
-    """The messages with the recipe's system message first, unless they have one already."""
-    out = [dict(m) for m in messages]
-    if system_prompt is None or (out and out[0]["role"] == "system"):
-        return out
-    return [{"role": "system", "content": system_prompt}, *out]
-
-
 def _chat_template(generator: Generator) -> str:
     if generator.chat_template is None:
         raise DataError(
@@ -273,7 +253,7 @@ def _speed_prompts(
 ) -> list[Any]:
     """Timed prompts: test prompts (chat messages), or the first tokens of test documents."""
     if data.objective == "sft":  # without lm.system_prompt, Generator.render puts in the package's own
-        return [with_system(c[:-1], lm.system_prompt) for c in data.conversations[:SPEED_PROMPTS]]
+        return [list(with_system(c[:-1], lm.system_prompt)) for c in data.conversations[:SPEED_PROMPTS]]
     from tokenizers import Tokenizer
 
     from kiln.runtime.package import packaged_file

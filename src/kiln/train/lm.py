@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from kiln.config.schema import Recipe, TrainConfig
 from kiln.errors import ConfigError, DataError
 
@@ -232,33 +230,23 @@ def _features(recipe: Recipe, data: LanguageData, split: str, source: _Source) -
     conversation rendered through the chat template with its response tokens marked."""
     from tokenizers import Tokenizer
 
-    from kiln.data.chat import sft_tokens
-    from kiln.data.tokenizer import pack_documents
+    from kiln.data.chat import token_rows
     from kiln.train.features import TokenFeatures
 
     tokenizer = Tokenizer.from_file(str(source.tokenizer_file))
-    eos_id = _token_id(tokenizer, source.special_tokens["eos_token"])
     pad_id = _token_id(tokenizer, source.special_tokens.get("pad_token", source.special_tokens["eos_token"]))
-    items = getattr(data, split)
-    length = min(recipe.lm.sequence_length, source.context_length)
-    if data.objective == "pretrain":
-        encoded = [e.ids for e in tokenizer.encode_batch([str(doc) for doc in items], add_special_tokens=False)]
-        try:
-            packed = pack_documents(encoded, length, eos_id)
-        except DataError as exc:
-            raise DataError(f"{data.origin}, {split} split: {exc}") from exc
-        return TokenFeatures(list(packed), [np.ones(length, dtype=bool)] * len(packed), pad_id)
-    ids, masks = [], []
-    for conversation in items:
-        token_ids, mask = sft_tokens(
+    try:
+        ids, masks = token_rows(
             tokenizer,
-            source.chat_template,
-            _with_system(conversation, recipe.lm.system_prompt),
-            sequence_length=length,
+            getattr(data, split),
+            sequence_length=min(recipe.lm.sequence_length, source.context_length),
+            eos_token=source.special_tokens["eos_token"],
+            chat_template=source.chat_template,
             special_tokens=source.special_tokens,
+            system_prompt=recipe.lm.system_prompt,
         )
-        ids.append(token_ids)
-        masks.append(mask)
+    except DataError as exc:
+        raise DataError(f"{data.origin}, {split} split: {exc}") from exc
     return TokenFeatures(ids, masks, pad_id)
 
 
@@ -267,12 +255,6 @@ def _token_id(tokenizer: Any, token: str) -> int:
     if token_id is None:
         raise ConfigError(f"the tokenizer has no token {token!r}, which the model uses as a special token")
     return int(token_id)
-
-
-def _with_system(conversation: Any, system_prompt: str | None) -> Any:
-    if system_prompt is None or conversation[0]["role"] == "system":
-        return conversation
-    return ({"role": "system", "content": system_prompt}, *conversation)
 
 
 def _with_adapters(model: nn.Module, recipe: Recipe) -> nn.Module:
