@@ -3,11 +3,11 @@ of SmolLM2 (quality against the base model, memory of LoRA against full fine-tun
 
 Sections of the generation benchmarks (run alone, or from ``bench/generate_models.py``):
 
-    python bench/lm_training.py throughput [--steps 12] [--repeats 2] [--threads 2]
+    python bench/lm_training.py throughput [--steps 12] [--repeats 2] [--threads 2] [--precision fp32] [--size small]
     python bench/lm_training.py sft [--prompts 32] [--epochs 1]
 
 throughput: a GPT of size small built from config, pretrained on the packed Wikipedia summaries
-(sequences of 256 tokens, global batch 16, bf16 autocast, AdamW, warmup + cosine, clipping) by
+(sequences of 256 tokens, global batch 16, fp32 or bf16 autocast, AdamW, warmup + cosine, clipping) by
 ``kiln train`` and by a minimal hand-written loop on the same model, tokenizer, sequences, batch
 order and thread count. Runs alternate (Kiln, hand, Kiln, hand...) so that drift on a shared
 machine hits both; each run's tokens/s is the median over its steps after the first two.
@@ -33,13 +33,13 @@ from typing import Any
 import torch
 
 
-def pretrain_recipe(run_dir: Path, *, steps: int, threads: int) -> dict[str, Any]:
+def pretrain_recipe(run_dir: Path, *, steps: int, threads: int, precision: str, size: str) -> dict[str, Any]:
     return {
         "name": "lm-throughput",
         "seed": 0,
         "task": "text-generation",
         "data": {"dataset": "wiki_summaries", "max_examples": 3000},
-        "model": {"kind": "gpt", "size": "small", "vocab_size": 8000, "max_length": 256, "dropout": 0.0},
+        "model": {"kind": "gpt", "size": size, "vocab_size": 8000, "max_length": 256, "dropout": 0.0},
         "lm": {"sequence_length": 256},
         "train": {
             "epochs": 1,
@@ -47,7 +47,7 @@ def pretrain_recipe(run_dir: Path, *, steps: int, threads: int) -> dict[str, Any
             "batch_size": 16,
             "lr": 6e-4,
             "schedule": "cosine",
-            "precision": "bf16",
+            "precision": precision,
             "num_threads": threads,
             "log_every_steps": 1,
             "checkpoint_every_steps": 10_000,
@@ -107,7 +107,7 @@ def run_hand(raw: dict[str, Any], tokenizer_file: Path) -> float:
         batch = sequences[order[step * size : (step + 1) * size]]
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.train.precision == "bf16"):
             logits = model(input_ids=batch).logits
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
@@ -126,7 +126,13 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     kiln_speeds, hand_speeds = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            raw = pretrain_recipe(Path(tmp) / f"kiln-{repeat}", steps=args.steps, threads=args.threads)
+            raw = pretrain_recipe(
+                Path(tmp) / f"kiln-{repeat}",
+                steps=args.steps,
+                threads=args.threads,
+                precision=args.precision,
+                size=args.size,
+            )
             kiln_speeds.append(run_kiln(raw))
             hand_speeds.append(run_hand(raw, Path(tmp) / f"kiln-{repeat}" / "tokenizer.json"))
             print(f"repeat {repeat}: kiln {kiln_speeds[-1]:.0f} tok/s, hand {hand_speeds[-1]:.0f} tok/s", flush=True)
@@ -155,7 +161,6 @@ def sft_recipe(run_dir: Path, *, epochs: int, prompts: int, lora: bool, max_step
             "max_steps": max_steps,
             "batch_size": 16,
             "lr": 2e-4 if lora else 2e-5,
-            "precision": "bf16",
             "group_by_length": True,
             "checkpoint_every_steps": 10_000,
             "output_dir": str(run_dir),
@@ -255,6 +260,8 @@ def main() -> None:
     t.add_argument("--steps", type=int, default=12)
     t.add_argument("--repeats", type=int, default=2)
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    t.add_argument("--size", choices=["tiny", "mini", "small", "base"], default="small")
     s = sub.add_parser("sft")
     s.add_argument("--prompts", type=int, default=32)
     s.add_argument("--epochs", type=int, default=1)
