@@ -48,12 +48,15 @@ def test_readme_commands_and_snippets_run(tmp_path: Path) -> None:
             assert args[0] == "kiln", line
             result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
             assert result.returncode == 0, f"{line}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-            if args[1] == "predict":
+            if args[1] == "predict" and args[2].startswith("gpt-pretrain"):
+                assert result.stdout.strip(), line  # the generated text, streamed
+            elif args[1] == "predict":
                 lines = result.stdout.strip().splitlines()
                 assert len(lines) == 2 and all('"label": ' in x for x in lines)
             if args[1] == "eval":
                 assert "accuracy" in result.stdout
     assert (tmp_path / ".kiln" / "runs" / "digits" / "package" / "kiln.json").is_file()
     assert (tmp_path / ".kiln" / "runs" / "ddp" / "package" / "kiln.json").is_file()
+    assert list((tmp_path / ".kiln" / "runs" / "gpt").glob("train-*/package/kiln.json"))
     assert (tmp_path / ".kiln" / "evals" / "digits" / "confusion_matrix.png").is_file()
     assert (tmp_path / ".kiln" / "evals" / "production" / "report.json").is_file()
