@@ -97,8 +97,9 @@ class TokenFeatures:
             input_ids[row, : len(ids)] = ids
             attention[row, : len(ids)] = 1
             labels[row, : len(ids)] = np.where(mask, ids, -100)
-        return {
-            "input_ids": torch.from_numpy(input_ids),
-            "attention_mask": torch.from_numpy(attention),
-            "labels": torch.from_numpy(labels),
-        }
+        batch = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
+        if not attention.all():
+            # Only a padded batch needs a mask: without one the model takes its plain causal
+            # attention path, as a hand-written loop on packed rows does.
+            batch["attention_mask"] = torch.from_numpy(attention)
+        return batch
