@@ -192,16 +192,9 @@ def _run_language_model(recipe: Recipe, *, resume: bool) -> TrainResult:
         _seed_everything(recipe.train_seed)
         run_dir = run_dir_for(recipe)
         run_dir.mkdir(parents=True, exist_ok=True)
-        result = lm.run(recipe, run_dir, resume=resume, info=info, threads=threads)
+        return lm.run(recipe, run_dir, resume=resume, info=info, threads=threads)
     finally:
         shutdown(info)
-    return TrainResult(
-        run_dir=result.run_dir,
-        package_dir=result.package_dir,
-        metrics=result.metrics,
-        steps=result.steps,
-        samples_per_s=result.samples_per_s,
-    )
 
 
 def _run_recommendation(recipe: Recipe) -> TrainResult:

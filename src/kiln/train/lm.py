@@ -23,23 +23,13 @@ if TYPE_CHECKING:
     from torch import nn
 
     from kiln.data.corpus import LanguageData
+    from kiln.train import TrainResult
     from kiln.train.distributed import DistInfo
     from kiln.train.features import TokenFeatures
 
 logger = logging.getLogger(__name__)
 
 TOKENIZER_NAME = "tokenizer.json"
-
-
-@dataclass(frozen=True)
-class LanguageModelResult:
-    """What a finished language-model run made and measured."""
-
-    run_dir: Path
-    package_dir: Path | None  # None on ranks other than 0
-    metrics: dict[str, float]
-    steps: int
-    samples_per_s: float
 
 
 @dataclass(frozen=True)
@@ -78,7 +68,7 @@ def check_settings(recipe: Recipe, *, resume: bool = False, processes: int = 1) 
             )
 
 
-def run(recipe: Recipe, run_dir: Path, *, resume: bool, info: DistInfo, threads: int) -> LanguageModelResult:
+def run(recipe: Recipe, run_dir: Path, *, resume: bool, info: DistInfo, threads: int) -> TrainResult:
     """Train the recipe's language model into ``run_dir`` and write ``run_dir/package`` (rank 0).
 
     Raises:
@@ -86,6 +76,7 @@ def run(recipe: Recipe, run_dir: Path, *, resume: bool, info: DistInfo, threads:
         ConfigError: refused settings (see ``check_settings``).
     """
     import kiln.data
+    from kiln.train import TrainResult
     from kiln.train.distributed import barrier
     from kiln.train.loop import fit
 
@@ -123,7 +114,7 @@ def run(recipe: Recipe, run_dir: Path, *, resume: bool, info: DistInfo, threads:
         package_dir = run_dir / "package"
         _write_package(recipe, data, source, model, package_dir, result=result, info=info, threads=threads)
     barrier(info)
-    return LanguageModelResult(
+    return TrainResult(
         run_dir=run_dir,
         package_dir=package_dir,
         metrics=result.best_metrics,
