@@ -54,6 +54,7 @@ def build_support_package(recipe: Recipe, classifier: Path, dest: Path) -> tuple
     Returns the app package's manifest and the report (threshold, hand-off on the test split).
     """
     import kiln.data
+    from kiln.apps.grounded import grounding_section, resolve_chat_package
     from kiln.data.faq import load_faq
     from kiln.data.tokenizer import resolve_pretrained
     from kiln.runtime import load_classifier
@@ -62,6 +63,7 @@ def build_support_package(recipe: Recipe, classifier: Path, dest: Path) -> tuple
 
     assert recipe.support is not None
     cfg = recipe.support
+    chat = resolve_chat_package(cfg.chat_package) if cfg.chat_package else None
     predictor = load_classifier(classifier)
     dataset = kiln.data.run(recipe)
     val_probs = _probs(predictor, list(dataset.validation.inputs))
@@ -96,6 +98,9 @@ def build_support_package(recipe: Recipe, classifier: Path, dest: Path) -> tuple
             "encoder": cfg.encoder,
             "faq": {"pairs": len(questions), "origin": cfg.faq_file or "chatterbot-corpus English"},
         }
+        if chat is not None:
+            manifest["app"]["grounding"] = grounding_section(cfg, chat)
+            manifest["lineage"]["chat"] = {"reference": chat.reference, "digest": chat.digest}
         manifest["metrics"] = dict(parent.get("metrics", {}), support=report)
         full = finalize_package(staging, manifest)
     return full, report

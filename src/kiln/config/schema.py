@@ -363,6 +363,20 @@ class RecommendConfig(Section):
     min_interactions: int = Field(default=3, ge=3)
 
 
+# The system prompt of a grounded support answer; {entries} becomes the retrieved FAQ entries, numbered.
+DEFAULT_GROUNDING_PROMPT = (
+    "You are a customer-service assistant. Answer the customer's message using only the numbered "
+    "FAQ entries below. If they do not answer it, say that you will pass the message to a colleague. "
+    "Do not add facts that are not in the entries.\n\n{entries}"
+)
+
+
+def _has_entries_slot(template: str) -> str:
+    if "{entries}" not in template:
+        raise ValueError("support.grounding_prompt must contain {entries}, where the retrieved FAQ entries go")
+    return template
+
+
 class SupportConfig(Section):
     # CSV of question,answer pairs to answer from; empty uses the chatterbot-corpus English pairs.
     faq_file: str | None = None
@@ -372,6 +386,17 @@ class SupportConfig(Section):
     target_accuracy: float = Field(default=0.9, gt=0.0, le=1.0)
     # Cosine similarity below which the nearest FAQ question does not answer the message.
     min_answer_score: float = Field(default=0.5, ge=-1.0, le=1.0)
+    # Text-generation package that writes answers from the retrieved entries (name@alias, name@version
+    # or a package folder); empty answers with the nearest FAQ answer verbatim.
+    chat_package: str | None = None
+    # FAQ entries retrieved and put in the chat package's prompt (those scoring min_answer_score or more).
+    top_k: int = Field(default=3, ge=1, le=20)
+    # System prompt of a generated answer; {entries} is replaced by the numbered FAQ entries.
+    grounding_prompt: Annotated[str, AfterValidator(_has_entries_slot)] = DEFAULT_GROUNDING_PROMPT
+    # Most tokens a generated answer may have.
+    max_answer_tokens: int = Field(default=128, ge=1, le=4096)
+    # Sampling temperature of generated answers; 0 decodes greedily (the same answer every time).
+    answer_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
 
 
 class SentimentMonitorConfig(Section):

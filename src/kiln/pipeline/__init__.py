@@ -83,6 +83,10 @@ def run_pipeline(
     from kiln.train import run_dir_for
 
     work_dir = run_dir_for(recipe)
+    if recipe.support is not None and recipe.support.chat_package:
+        from kiln.apps.grounded import resolve_chat_package
+
+        resolve_chat_package(recipe.support.chat_package)  # a bad reference fails now, not after training
     origin, fingerprint, sample_inputs = _prepare_data(recipe)
     report(f"data: {origin}, {fingerprint}")
     if is_forced and work_dir.is_dir():

@@ -57,6 +57,7 @@ class Answer:
     question: str  # the FAQ question that matched
     answer: str  # its answer
     score: float  # cosine similarity of message and question
+    row: int = -1  # the entry's row in the package's faq.csv, from 0 (its id in an answer's sources)
 
 
 class FaqIndex:
@@ -75,8 +76,14 @@ class FaqIndex:
         similarity = self.encoder.encode(texts) @ self.embeddings.T
         best = similarity.argmax(axis=1)
         return [
-            Answer(self.questions[j], self.answers[j], float(similarity[i, j])) for i, j in enumerate(best)
+            Answer(self.questions[j], self.answers[j], float(similarity[i, j]), int(j)) for i, j in enumerate(best)
         ]
+
+    def search_top(self, text: str, k: int) -> list[Answer]:
+        """The ``k`` nearest FAQ entries to ``text``, nearest first (ties in row order)."""
+        similarity = self.encoder.encode([text])[0] @ self.embeddings.T
+        order = np.argsort(-similarity, kind="stable")[:k]
+        return [Answer(self.questions[j], self.answers[j], float(similarity[j]), int(j)) for j in order]
 
 
 def write_faq_index(folder: Path, questions: list[str], answers: list[str], encoder: SentenceEncoder) -> None:

@@ -3,7 +3,8 @@
 The intent classifier runs through the model's batcher like any prediction (routing, deadline,
 metrics, observers); a confident intent is then answered from the package's FAQ index by nearest
 neighbour, and a message below the calibrated threshold, or with no close FAQ question, is handed
-off to a human.
+off to a human. A package whose recipe names a chat package writes its answer with that model from
+the nearest FAQ entries instead (``kiln.serve.grounded``), streamed when asked.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from kiln.errors import HTTPProblem, KilnError
+from kiln.serve import grounded
 from kiln.serve.rest import ERRORS, service_of
 
 router = APIRouter(tags=["Applications"], responses=ERRORS)
@@ -26,6 +28,18 @@ class AnswerRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(min_length=1, max_length=2000, examples=["I still have not received my new card"])
+    stream: StrictBool = Field(
+        default=False,
+        description="answer with Server-Sent Events (apps with a chat package): text pieces, then the whole answer",
+    )
+
+
+class Source(BaseModel):
+    """A FAQ entry a generated answer was written from."""
+
+    id: int = Field(description="the entry's row in the package's FAQ, from 0")
+    question: str
+    score: float = Field(description="cosine similarity of the message and the entry's question")
 
 
 class AnswerResponse(BaseModel):
@@ -40,11 +54,21 @@ class AnswerResponse(BaseModel):
     answer: str | None = None
     faq_question: str | None = None
     answer_score: float | None = None
+    sources: list[Source] | None = Field(default=None, description="the FAQ entries an answer was written from")
+    chat_model: str | None = Field(default=None, description="name@version of the model that wrote the answer")
+    finish_reason: str | None = Field(default=None, description="stop: the answer ended; length: max tokens reached")
 
 
 @router.post("/v1/apps/{name}:answer", response_model=AnswerResponse, response_model_exclude_none=True)
-async def answer(name: str, body: AnswerRequest, request: Request) -> dict[str, Any]:
+async def answer(name: str, body: AnswerRequest, request: Request) -> Any:
     """Classify the message's intent, then answer it from the FAQ or hand it off."""
+    result = await _answer(name, body, request)
+    if body.stream and isinstance(result, dict):  # a hand-off: no text, the final event alone
+        return grounded.final_event_stream(result)
+    return result
+
+
+async def _answer(name: str, body: AnswerRequest, request: Request) -> Any:
     service = service_of(request)
     text = body.text.strip()
     if not text:
@@ -53,6 +77,9 @@ async def answer(name: str, body: AnswerRequest, request: Request) -> dict[str, 
     app = loaded.model.predictor.manifest.get("app") or {}
     if app.get("kind") != "support":
         raise HTTPProblem(400, f"model {name!r} is not a support app package (a recipe's support section makes one)")
+    if body.stream and "grounding" not in app:
+        raise HTTPProblem(400, f"stream: support app {name!r} answers from its FAQ verbatim (its recipe names no "
+                          "support.chat_package), so there is nothing to stream; send stream false")
     result = await service.predict(loaded, lambda: [text], request.headers)
     model = result.loaded.model
     scores = result.outputs[0]["scores"]
@@ -71,6 +98,8 @@ async def answer(name: str, body: AnswerRequest, request: Request) -> dict[str, 
     out.update(faq_question=match.question, answer_score=match.score)
     if match.score < app["min_answer_score"]:
         return dict(out, handoff=True, reason=f"no FAQ question closer than {app['min_answer_score']}")
+    if "grounding" in app:
+        return await grounded.generated_answer(request, out, text=text, index=index, app=app, is_streamed=body.stream)
     return dict(out, answer=match.answer)
 
 

@@ -138,7 +138,7 @@ async def _complete(request: Request, body: SamplingFields, prompt: Any, *, kind
     service.metrics.in_flight.inc()
     status = 500
     try:
-        finished = await _unless_disconnected(request, handle)
+        finished = await unless_disconnected(request, handle)
         status = 200
     except GenerationFailedError as exc:
         raise OpenAIProblem(500, str(exc)) from None
@@ -156,7 +156,7 @@ class ClientGoneError(Exception):
     """The client disconnected before its answer was ready."""
 
 
-async def _unless_disconnected(request: Request, handle: SequenceHandle) -> Finished:
+async def unless_disconnected(request: Request, handle: SequenceHandle) -> Finished:
     """The whole answer, or ``ClientGoneError`` as soon as the client disconnects."""
     result = asyncio.ensure_future(handle.result())
     gone = asyncio.ensure_future(_disconnect(request))
@@ -281,10 +281,10 @@ class _Answer:
         else:
             choice = {"index": 0, "text": text or ""}
         choice.update(finish_reason=finish_reason, logprobs=None)
-        return _sse({**self._head(stream=True), "choices": [choice]})
+        return sse_event({**self._head(stream=True), "choices": [choice]})
 
     def usage_chunk(self, finished: Finished) -> str:
-        return _sse({**self._head(stream=True), "choices": [], "usage": _usage(finished)})
+        return sse_event({**self._head(stream=True), "choices": [], "usage": _usage(finished)})
 
     def _head(self, *, stream: bool) -> dict[str, Any]:
         obj = "chat.completion" if self.kind == "chat" else "text_completion"
@@ -309,10 +309,10 @@ async def _events(handle: SequenceHandle, answer: _Answer) -> AsyncIterator[str]
             else:
                 yield answer.chunk(event.text)
     except GenerationFailedError as exc:
-        yield _sse(error_body(500, str(exc)))
+        yield sse_event(error_body(500, str(exc)))
     finally:
         handle.cancel()  # the client went away mid-stream (or a no-op once finished)
-    yield "data: [DONE]\n\n"
+    yield DONE_EVENT
 
 
 def _usage(finished: Finished) -> dict[str, int]:
@@ -323,5 +323,10 @@ def _usage(finished: Finished) -> dict[str, int]:
     }
 
 
-def _sse(payload: dict[str, Any]) -> str:
+# The last event of every stream (OpenAI's terminator).
+DONE_EVENT = "data: [DONE]\n\n"
+
+
+def sse_event(payload: dict[str, Any]) -> str:
+    """One Server-Sent Event carrying ``payload`` as JSON."""
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
