@@ -23,7 +23,8 @@ from kiln.runtime.retrieval import load_faq_index
 from kiln.serve.config import ModelConfig, ServeConfig
 from tests.conftest import make_text_package
 from tests.helpers import ROOT, kiln_cli, tiny_generation_package
-from tests.integration.serve_harness import Running, serving
+from tests.integration.serve_harness import Running, serving, wait_until
+from tests.integration.test_serve_generation import StepGate
 
 FAQ = [
     ("How do I reset my PIN?", "Open the app and choose Card > Reset PIN."),
@@ -137,6 +138,25 @@ def test_support_answers_count_on_the_chat_models_generation_metrics(server: Run
     before = metric(server, "kiln_generation_completion_tokens_total", "chat")
     assert server.post("/v1/apps/grounded:answer", {"text": "Why was I charged a fee?"}).status_code == 200
     assert metric(server, "kiln_generation_completion_tokens_total", "chat") > before
+
+
+def test_a_client_leaving_a_streamed_support_answer_cancels_its_sequence(server: Running) -> None:
+    gate = StepGate(server, "chat")
+    try:
+        cancelled_before = metric(server, "kiln_generation_cancelled_total", "chat")
+        body = {"text": "How do I reset my PIN?", "stream": True}
+        with httpx.stream("POST", f"{server.url}/v1/apps/grounded:answer", json=body, timeout=60) as resp:
+            assert resp.status_code == 200
+            gate.allow(1)  # admitted; the rest of its rounds wait for the gate
+            wait_until(lambda: metric(server, "kiln_generation_running_sequences", "chat") == 1, what="admitted")
+        wait_until(
+            lambda: metric(server, "kiln_generation_cancelled_total", "chat") == cancelled_before + 1, what="cancel"
+        )
+    finally:
+        gate.open()
+        del gate.engine._iterate
+    wait_until(lambda: metric(server, "kiln_generation_running_sequences", "chat") == 0, what="slot freed")
+    assert metric(server, "kiln_generation_kv_cache_reserved_tokens", "chat") == 0
 
 
 def test_support_hand_off_is_unchanged_and_streams_its_final_event_alone(server: Running) -> None:
