@@ -17,8 +17,9 @@ from typing import Any
 from kiln.config.home import kiln_home
 from kiln.registry.artifacts import ArtifactStore
 from kiln.registry.domain import AliasMove, LineageEdge, Model, ModelVersion, Run
-from kiln.registry.errors import BadReferenceError, NotFoundError
+from kiln.registry.errors import BadReferenceError
 from kiln.registry.references import LATEST, check_model_name, is_reference, parse_reference
+from kiln.registry.search import VersionPage, VersionQuery
 from kiln.registry.sql_store import SqlStore
 from kiln.registry.store import NewLineage, NewVersion, RegistryStore
 from kiln.runtime.package import package_digest, read_manifest
@@ -166,10 +167,7 @@ class Registry:
         if parsed.version is not None:
             return self.store.get_version(parsed.model, parsed.version)
         if parsed.alias == LATEST:
-            versions = self.store.list_versions(parsed.model)
-            if not versions:
-                raise NotFoundError(f"model {parsed.model!r} has no versions")
-            return versions[-1]
+            return self.store.get_latest(parsed.model)
         assert parsed.alias is not None
         return self.store.get_alias(parsed.model, parsed.alias)
 
@@ -188,6 +186,17 @@ class Registry:
     def list_versions(self, name: str) -> list[ModelVersion]:
         """Every version of a model, oldest first."""
         return self.store.list_versions(name)
+
+    def search(self, query: VersionQuery | None = None) -> VersionPage:
+        """One page of the versions ``query`` selects (filters, order, page size, cursor).
+
+        Pass the page's ``next_cursor`` back in the same query for the next page.
+
+        Raises:
+            QueryError: a bad filter, order or cursor (its ``field`` names which).
+            NotFoundError: ``query.model`` names no model.
+        """
+        return self.store.search_versions(query or VersionQuery())
 
     def delete(self, ref: str) -> ModelVersion:
         """Delete a version (refused while an alias points at it); ``gc`` frees its artifact."""

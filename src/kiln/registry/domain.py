@@ -129,3 +129,11 @@ class ApiToken:
     name: str  # label, e.g. "ci"
     created_at: datetime  # (UTC)
     revoked_at: datetime | None  # (UTC) None while valid
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a reference ``name@alias`` (or ``name@latest``) resolved to, and when."""
+
+    version: ModelVersion  # the version it points at
+    stamp: int  # the model's change stamp read with it; any later change to the model bumps it

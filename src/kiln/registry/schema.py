@@ -3,6 +3,11 @@
 Version numbers come from ``models.last_version``: a registration increments it and inserts the
 version row in one transaction, under the model row's lock, so numbers are unique (also enforced
 by ``uq_versions_model_number``) and gap-free (a failed insert rolls the counter back).
+
+``models.stamp`` grows with every change to a model's versions or aliases (same transaction, same
+lock), so a cache of alias resolutions revalidates with one indexed read of the stamps.
+``version_tags`` and ``version_metrics`` copy each version's tags and numeric metrics into rows
+that the search filters and orders with an index; the JSON columns stay what reads return.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class Base(DeclarativeBase):
 
 class ModelRow(Base):
     __tablename__ = "models"
+    __table_args__ = (Index("ix_models_task", "task"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200), unique=True, nullable=False)
@@ -37,6 +43,8 @@ class ModelRow(Base):
     description: Mapped[str] = mapped_column(Text, nullable=False, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     last_version: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # Bumped by every write to the model's versions or aliases (cache revalidation).
+    stamp: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
 
 
 class RunRow(Base):
@@ -71,6 +79,8 @@ class VersionRow(Base):
     __table_args__ = (
         UniqueConstraint("model_id", "number", name="uq_versions_model_number"),
         Index("ix_versions_package_digest", "package_digest"),
+        Index("ix_versions_created_at", "created_at"),
+        Index("ix_versions_format", "format"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -90,13 +100,42 @@ class VersionRow(Base):
 
 class AliasRow(Base):
     __tablename__ = "aliases"
-    __table_args__ = (UniqueConstraint("model_id", "name", name="uq_aliases_model_name"),)
+    __table_args__ = (
+        UniqueConstraint("model_id", "name", name="uq_aliases_model_name"),
+        Index("ix_aliases_version_id", "version_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), nullable=False)
     name: Mapped[str] = mapped_column(String(100), nullable=False)
     version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class VersionTagRow(Base):
+    """One tag of a version, for indexed search (``versions.tags`` holds the same)."""
+
+    __tablename__ = "version_tags"
+    __table_args__ = (Index("ix_version_tags_key_value", "key", "value", "version_id"),)
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class VersionMetricRow(Base):
+    """One numeric metric of a version, for indexed thresholds and ordering."""
+
+    __tablename__ = "version_metrics"
+    __table_args__ = (Index("ix_version_metrics_key_value", "key", "value", "version_id"),)
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[float] = mapped_column(Float, nullable=False)
 
 
 class AliasMoveRow(Base):

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +20,7 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from kiln.registry import db
+from kiln.registry import db, sql_search
 from kiln.registry.domain import (
     AliasMove,
     ApiToken,
@@ -28,6 +28,7 @@ from kiln.registry.domain import (
     MetricPoint,
     Model,
     ModelVersion,
+    Resolution,
     Role,
     Run,
     User,
@@ -45,6 +46,7 @@ from kiln.registry.schema import (
     UserRow,
     VersionRow,
 )
+from kiln.registry.search import VersionPage, VersionQuery, encode_cursor
 from kiln.registry.store import NewVersion, RegistryStore
 
 TOKEN_PREFIX = "kiln"
@@ -134,48 +136,58 @@ class SqlStore(RegistryStore):
     # --- models and versions ---
     def create_version(self, new: NewVersion, *, upload_id: int | None = None) -> ModelVersion:
         with self._write() as s:
-            model = self._lock_or_create_model(s, new.model, new.task)
-            if new.task and model.task and new.task != model.task:
-                raise ConflictError(
-                    f"model {new.model!r} holds {model.task} packages, this one is {new.task}"
-                )
-            # The counter moves only if this transaction commits: numbers stay gap-free.
-            model.last_version += 1
-            row = VersionRow(
-                model_id=model.id,
-                number=model.last_version,
-                package_digest=new.package_digest,
-                format=new.format,
-                precision=new.precision,
-                metrics=dict(new.metrics),
-                tags=dict(new.tags),
-                description=new.description,
-                created_at=_now(),
-                created_by=new.created_by,
-                data_fingerprint=new.data_fingerprint,
-                run_id=new.run_id,
-            )
-            if new.run_id is not None and s.get(RunRow, new.run_id) is None:
-                raise NotFoundError(f"no run with id {new.run_id!r}")
-            s.add(row)
-            s.flush()
-            for parent in new.parents:
-                parent_id = None
-                if parent.parent_model is not None and parent.parent_version is not None:
-                    parent_model = self._model_row(s, parent.parent_model)
-                    parent_id = self._version_row(s, parent_model, parent.parent_version).id
-                s.add(
-                    LineageRow(
-                        child_id=row.id,
-                        parent_id=parent_id,
-                        parent_hint=parent.parent_hint[:500],
-                        transformation=parent.transformation,
-                        settings=dict(parent.settings),
-                    )
-                )
+            created = self._insert_version(s, new)
             if upload_id is not None:
                 s.execute(delete(UploadRow).where(UploadRow.id == upload_id))
-            return _version(row, model.name, ())
+            return created
+
+    def create_versions(self, news: Sequence[NewVersion]) -> list[ModelVersion]:
+        with self._write() as s:
+            return [self._insert_version(s, new) for new in news]
+
+    def _insert_version(self, s: Session, new: NewVersion) -> ModelVersion:
+        model = self._lock_or_create_model(s, new.model, new.task)
+        if new.task and model.task and new.task != model.task:
+            raise ConflictError(
+                f"model {new.model!r} holds {model.task} packages, this one is {new.task}"
+            )
+        # The counter moves only if this transaction commits: numbers stay gap-free.
+        model.last_version += 1
+        model.stamp += 1
+        row = VersionRow(
+            model_id=model.id,
+            number=model.last_version,
+            package_digest=new.package_digest,
+            format=new.format,
+            precision=new.precision,
+            metrics=dict(new.metrics),
+            tags=dict(new.tags),
+            description=new.description,
+            created_at=_now(),
+            created_by=new.created_by,
+            data_fingerprint=new.data_fingerprint,
+            run_id=new.run_id,
+        )
+        if new.run_id is not None and s.get(RunRow, new.run_id) is None:
+            raise NotFoundError(f"no run with id {new.run_id!r}")
+        s.add(row)
+        s.flush()
+        sql_search.write_search_rows(s, row.id, tags=new.tags, metrics=new.metrics, is_new=True)
+        for parent in new.parents:
+            parent_id = None
+            if parent.parent_model is not None and parent.parent_version is not None:
+                parent_model = self._model_row(s, parent.parent_model)
+                parent_id = self._version_row(s, parent_model, parent.parent_version).id
+            s.add(
+                LineageRow(
+                    child_id=row.id,
+                    parent_id=parent_id,
+                    parent_hint=parent.parent_hint[:500],
+                    transformation=parent.transformation,
+                    settings=dict(parent.settings),
+                )
+            )
+        return _version(row, model.name, ())
 
     def _lock_or_create_model(self, s: Session, name: str, task: str) -> ModelRow:
         values = {
@@ -184,6 +196,7 @@ class SqlStore(RegistryStore):
             "description": "",
             "created_at": _now(),
             "last_version": 0,
+            "stamp": 0,
         }
         insert = postgresql.insert if self._is_postgresql else sqlite.insert
         # Two first registrations of one name race here; ON CONFLICT lets both go on.
@@ -239,6 +252,8 @@ class SqlStore(RegistryStore):
             row = self._version_row(s, m, version)
             row.metrics = {**row.metrics, **(metrics or {})}
             row.tags = {**row.tags, **(tags or {})}
+            m.stamp += 1
+            sql_search.write_search_rows(s, row.id, tags=row.tags, metrics=row.metrics, is_new=False)
             return self._to_version(s, row, m.name)
 
     def delete_version(self, model: str, version: int) -> ModelVersion:
@@ -256,7 +271,9 @@ class SqlStore(RegistryStore):
                 edge.parent_id = None
                 edge.parent_hint = f"{gone.ref} (deleted)"
             s.execute(delete(LineageRow).where(LineageRow.child_id == row.id))
+            sql_search.write_search_rows(s, row.id, tags={}, metrics={}, is_new=False)
             s.delete(row)
+            m.stamp += 1
             return gone
 
     # --- aliases ---
@@ -276,6 +293,7 @@ class SqlStore(RegistryStore):
                 previous = s.get_one(VersionRow, row.version_id).number
                 row.version_id = target.id
                 row.updated_at = _now()
+            m.stamp += 1
             return self._record_move(s, m, alias, previous, version, moved_by)
 
     def remove_alias(self, model: str, alias: str, *, moved_by: str) -> AliasMove:
@@ -288,6 +306,7 @@ class SqlStore(RegistryStore):
                 raise NotFoundError(f"model {model!r} has no alias {alias!r}")
             previous = s.get_one(VersionRow, row.version_id).number
             s.delete(row)
+            m.stamp += 1
             return self._record_move(s, m, alias, previous, None, moved_by)
 
     def _record_move(
@@ -305,16 +324,33 @@ class SqlStore(RegistryStore):
         return _move(move, m.name)
 
     def get_alias(self, model: str, alias: str) -> ModelVersion:
+        return self.resolve_alias(model, alias).version
+
+    def get_latest(self, model: str) -> ModelVersion:
+        return self.resolve_alias(model, sql_search.LATEST).version
+
+    def resolve_alias(self, model: str, alias: str) -> Resolution:
         with self._read() as s:
-            m = self._model_row(s, model)
-            row = s.execute(
-                select(VersionRow)
-                .join(AliasRow, AliasRow.version_id == VersionRow.id)
-                .where(AliasRow.model_id == m.id, AliasRow.name == alias)
-            ).scalar_one_or_none()
-            if row is None:
+            found = sql_search.resolve(s, model, alias)
+            if found is None:
+                m = self._model_row(s, model)  # no such model: say so
+                if alias == sql_search.LATEST:
+                    raise NotFoundError(f"model {m.name!r} has no versions")
                 raise NotFoundError(f"model {model!r} has no alias {alias!r}")
-            return self._to_version(s, row, m.name)
+            row, name, stamp, aliases = found
+            return Resolution(_version(row, name, aliases), stamp)
+
+    def model_stamps(self, models: Iterable[str]) -> dict[str, int]:
+        with self._read() as s:
+            return sql_search.stamps(s, models)
+
+    def search_versions(self, query: VersionQuery) -> VersionPage:
+        with self._read() as s:
+            model_id = self._model_row(s, query.model).id if query.model is not None else None
+            rows, last = sql_search.search(s, query, model_id)
+            aliases = sql_search.aliases_of(s, [row.id for row, _ in rows])
+            versions = tuple(_version(row, name, aliases.get(row.id, ())) for row, name in rows)
+            return VersionPage(versions, encode_cursor(query, last) if last else None)
 
     def alias_history(self, model: str, alias: str | None = None) -> list[AliasMove]:
         with self._read() as s:

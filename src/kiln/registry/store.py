@@ -8,7 +8,7 @@ for user mistakes. Subclasses that miss a method cannot be instantiated (``abc``
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +18,12 @@ from kiln.registry.domain import (
     LineageEdge,
     Model,
     ModelVersion,
+    Resolution,
     Role,
     Run,
     User,
 )
+from kiln.registry.search import VersionPage, VersionQuery
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,10 @@ class RegistryStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    def create_versions(self, news: Sequence[NewVersion]) -> list[ModelVersion]:
+        """``create_version`` for each of ``news``, in order, all in one transaction."""
+
+    @abc.abstractmethod
     def get_model(self, name: str) -> Model:
         """The model called ``name``."""
 
@@ -79,6 +85,14 @@ class RegistryStore(abc.ABC):
     @abc.abstractmethod
     def get_version(self, model: str, version: int) -> ModelVersion:
         """One version of ``model``."""
+
+    @abc.abstractmethod
+    def get_latest(self, model: str) -> ModelVersion:
+        """The version of ``model`` with the highest number (one indexed query)."""
+
+    @abc.abstractmethod
+    def search_versions(self, query: VersionQuery) -> VersionPage:
+        """One page of the versions ``query`` selects, in its order."""
 
     @abc.abstractmethod
     def find_versions(self, package_digest: str) -> list[ModelVersion]:
@@ -111,6 +125,17 @@ class RegistryStore(abc.ABC):
     @abc.abstractmethod
     def get_alias(self, model: str, alias: str) -> ModelVersion:
         """The version ``alias`` points at."""
+
+    @abc.abstractmethod
+    def resolve_alias(self, model: str, alias: str) -> Resolution:
+        """The version ``alias`` (or ``latest``) points at, with the model's stamp, in one query."""
+
+    @abc.abstractmethod
+    def model_stamps(self, models: Iterable[str]) -> dict[str, int]:
+        """The change stamp of each named model that exists, in one query.
+
+        A model's stamp grows with every change to its versions or aliases.
+        """
 
     @abc.abstractmethod
     def alias_history(self, model: str, alias: str | None = None) -> list[AliasMove]:

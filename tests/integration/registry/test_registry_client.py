@@ -81,7 +81,7 @@ def test_cli_registry_commands_end_to_end(
     runner = CliRunner()
     base = make_package()
     child = make_package(parent=str(base), transformation="quantize-int8")
-    assert runner.invoke(app, ["registry", "migrate"]).output.endswith("-> 0001\n")
+    assert runner.invoke(app, ["registry", "migrate"]).output.endswith("-> 0002\n")
     for package in (base, child):
         result = runner.invoke(app, ["registry", "register", str(package), "--name", "m"])
         assert result.exit_code == 0, result.output
