@@ -81,16 +81,126 @@ def list_models(ctx: typer.Context) -> None:
             typer.echo(f"{model.name}\t{model.task}\tlatest {model.latest_version}")
 
 
+TagOption = Annotated[
+    list[str] | None, typer.Option("--tag", help="KEY=VALUE the version's tags must hold (repeatable)")
+]
+MetricOption = Annotated[
+    list[str] | None, typer.Option("--metric", help="Threshold NAME>=NUMBER (or >, <=, <, =; repeatable)")
+]
+TaskOption = Annotated[str | None, typer.Option("--task", help="Only models of this task")]
+FormatOption = Annotated[str | None, typer.Option("--format", help="Package format, e.g. torch or onnx")]
+AfterOption = Annotated[
+    str | None, typer.Option("--created-after", help="Registered at or after (ISO 8601, UTC if no zone)")
+]
+BeforeOption = Annotated[
+    str | None, typer.Option("--created-before", help="Registered before (ISO 8601, UTC if no zone)")
+]
+AliasOption = Annotated[str | None, typer.Option("--alias", help="An alias pointing at it ('*': any alias)")]
+OrderOption = Annotated[str, typer.Option("--order-by", help="'version' or 'metric:NAME'")]
+DescOption = Annotated[bool, typer.Option("--desc", help="Highest first")]
+# The flag that sets each search field, to name it in errors.
+_FLAGS = {"tag": "--tag", "metric": "--metric", "task": "--task", "format": "--format",
+          "created_after": "--created-after", "created_before": "--created-before", "alias": "--alias",
+          "order_by": "--order-by", "limit": "--limit", "cursor": "--cursor", "model": "--model"}
+
+
+def _query_params(**fields: Any) -> dict[str, list[str]]:
+    """Search fields given on the command line, as ``kiln.registry.search.parse_query`` reads them."""
+    params: dict[str, list[str]] = {}
+    for name, value in fields.items():
+        if value is None or value is False or value == []:
+            continue
+        values = value if isinstance(value, list) else [str(value).lower() if isinstance(value, bool) else str(value)]
+        params[name] = values
+    return params
+
+
+@contextlib.contextmanager
+def _flag_errors() -> Iterator[None]:
+    """Name the command-line flag, not the query field, in a search error."""
+    from kiln.registry.search import QueryError
+
+    try:
+        yield
+    except QueryError as exc:
+        flag = _FLAGS.get(exc.field, exc.field)
+        raise QueryError(flag, str(exc).removeprefix(f"{exc.field}: ")) from None
+
+
+def _version_line(v: Any) -> str:
+    aliases = f" [{', '.join(v.aliases)}]" if v.aliases else ""
+    metrics = " ".join(f"{k}={val}" for k, val in sorted(v.metrics.items()))
+    return f"{v.ref}{aliases}\t{v.format}/{v.precision}\t{v.created_at:%Y-%m-%d %H:%M}\t{v.created_by}\t{metrics}"
+
+
 @app.command("versions")
-def versions(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Model name")]) -> None:
-    """List a model's versions with their aliases and metrics."""
+def versions(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Model name")],
+    tag: TagOption = None,
+    metric: MetricOption = None,
+    format_: FormatOption = None,
+    created_after: AfterOption = None,
+    created_before: BeforeOption = None,
+    alias: AliasOption = None,
+    order_by: OrderOption = "version",
+    desc: DescOption = False,
+) -> None:
+    """List a model's versions (all, or those the filters select) with aliases and metrics."""
+    from kiln.registry.search import MAX_PAGE_SIZE, parse_query
+
+    params = _query_params(
+        model=name, tag=tag, metric=metric, format=format_, created_after=created_after,
+        created_before=created_before, alias=alias, order_by=order_by, descending=desc,
+        limit=MAX_PAGE_SIZE,
+    )
     with user_errors(), _open(ctx) as registry:
-        for v in registry.list_versions(name):
-            aliases = f" [{', '.join(v.aliases)}]" if v.aliases else ""
-            metrics = " ".join(f"{k}={val}" for k, val in sorted(v.metrics.items()))
-            typer.echo(
-                f"{v.ref}{aliases}\t{v.format}/{v.precision}\t{v.created_at:%Y-%m-%d %H:%M}\t{v.created_by}\t{metrics}"
-            )
+        with _flag_errors():
+            query = parse_query(params)
+        while True:
+            page = registry.search(query)
+            for v in page.versions:
+                typer.echo(_version_line(v))
+            if page.next_cursor is None:
+                break
+            query = dataclasses.replace(query, cursor=page.next_cursor)
+
+
+@app.command("search")
+def search(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option("--model", help="Only this model's versions")] = None,
+    tag: TagOption = None,
+    metric: MetricOption = None,
+    task: TaskOption = None,
+    format_: FormatOption = None,
+    created_after: AfterOption = None,
+    created_before: BeforeOption = None,
+    alias: AliasOption = None,
+    order_by: OrderOption = "version",
+    desc: DescOption = False,
+    limit: Annotated[int, typer.Option("--limit", help="Page size (1-1000)")] = 100,
+    cursor: Annotated[str | None, typer.Option("--cursor", help="The 'next:' cursor of the previous page")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the page as JSON")] = False,
+) -> None:
+    """One page of versions across models; the last line gives the cursor of the next page."""
+    from kiln.registry.search import parse_query
+
+    params = _query_params(
+        model=model, tag=tag, metric=metric, task=task, format=format_, created_after=created_after,
+        created_before=created_before, alias=alias, order_by=order_by, descending=desc, limit=limit,
+        cursor=cursor,
+    )
+    with user_errors(), _open(ctx) as registry:
+        with _flag_errors():
+            page = registry.search(parse_query(params))
+        if as_json:
+            typer.echo(_dump(page))
+            return
+        for v in page.versions:
+            typer.echo(_version_line(v))
+        if page.next_cursor is not None:
+            typer.echo(f"next: {page.next_cursor}")
 
 
 @app.command("show")

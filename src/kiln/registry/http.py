@@ -38,6 +38,7 @@ from kiln.registry.domain import (
     User,
 )
 from kiln.registry.errors import AuthError, ConflictError, NotFoundError
+from kiln.registry.search import VersionPage, parse_query
 
 
 class AliasBody(BaseModel):
@@ -139,6 +140,23 @@ def create_router(
     def list_versions(reg: Reg, name: str) -> list[ModelVersion]:
         with _http_errors():
             return reg.list_versions(name)
+
+    @router.get("/versions", response_model=VersionPage, dependencies=[reader])
+    def search_versions(reg: Reg, request: Request) -> VersionPage:
+        """One page of versions: filters, order and cursor as query parameters.
+
+        ``model``, ``tag=KEY=VALUE`` (repeatable), ``metric=NAME>=NUMBER`` (repeatable; also
+        ``>``, ``<=``, ``<``, ``=``), ``task``, ``format``, ``created_after``,
+        ``created_before`` (ISO 8601), ``alias`` (a name, or ``*`` for any), ``order_by``
+        (``version`` or ``metric:NAME``), ``descending``, ``limit`` (1-1000, default 100) and
+        ``cursor`` (the previous page's ``next_cursor``). An unknown or bad field is a 400
+        naming it.
+        """
+        params: dict[str, list[str]] = {}
+        for key, value in request.query_params.multi_items():
+            params.setdefault(key, []).append(value)
+        with _http_errors():
+            return reg.search(parse_query(params))
 
     @router.get(
         "/models/{name}/versions/{version}", response_model=ModelVersion, dependencies=[reader]
