@@ -1,7 +1,8 @@
 """Continuous batching of one text-generation version (iteration-level scheduling, as in Orca,
 Yu et al. OSDI 2022, and vLLM).
 
-One worker thread owns the model. Each iteration it drops cancelled sequences, admits waiting
+One worker thread owns the model. Each iteration it ends cancelled sequences and those past
+their deadline (``finish_reason`` "cancelled" / "timeout", the text so far kept), admits waiting
 ones while there is a free slot (``max_sequences``) and KV-cache budget (``kv_cache_tokens``,
 each sequence reserving its prompt plus ``max_tokens``), feeds one chunk of at most
 ``prefill_chunk_tokens`` prompt tokens of the oldest admitted sequence into its own cache, and
@@ -14,7 +15,8 @@ than being overtaken).
 
 Text pieces go to asyncio through ``loop.call_soon_threadsafe``, once per iteration for all
 sequences. ``start()`` and ``stop()`` bracket the engine's life like the batcher's; ``stop``
-finishes running and waiting sequences (``drain``) or fails them.
+finishes running and waiting sequences (``drain``) or fails them. What one sequence does with a
+token, and its events, live in ``kiln.serve.generation.sequences``.
 """
 
 from __future__ import annotations
@@ -26,50 +28,28 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kiln.runtime.decoding import FinishReason, TextStream
 from kiln.runtime.kv_batch import KVBatch, Prefill
 from kiln.runtime.preprocessing import InputError
-from kiln.runtime.sampling import Sampler, mark_seen
 from kiln.serve.batching import BatcherStoppedError, QueueFullError
 from kiln.serve.config import GenerationServingConfig
+from kiln.serve.generation.sequences import (
+    ActiveSequence,
+    EndReason,
+    Event,
+    Failed,
+    Finished,
+    Piece,
+    sample_tokens,
+)
 
 if TYPE_CHECKING:
-    import torch
-
     from kiln.runtime.generation import Generator, PreparedPrompt
 
+__all__ = ["EngineHooks", "Failed", "Finished", "GenerationEngine", "GenerationFailedError", "Piece", "SequenceHandle"]
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Piece:
-    """Text released by one generated token (never half a character, never a stop string)."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """The end of a sequence: why, and its token counts."""
-
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int  # tokens generated, the closing EOS included
-    text: str  # the whole generated text
-    truncated_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """The model failed while the sequence ran."""
-
-    message: str
-
-
-Event = Piece | Finished | Failed
 
 
 class GenerationFailedError(RuntimeError):
@@ -94,6 +74,9 @@ class EngineHooks:
     def cancelled(self) -> None:
         """A sequence was cancelled before it finished (its client went away)."""
 
+    def timed_out(self) -> None:
+        """A sequence passed its deadline before it finished."""
+
 
 class SequenceHandle:
     """The caller's side of one submitted sequence: its events, and a way to cancel it."""
@@ -103,6 +86,9 @@ class SequenceHandle:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self._engine = engine
         self.is_done = False
+        # Called on the event loop with the sequence's end, whether or not anyone still reads
+        # its events (a cancelled sequence ends too): the prediction log's way in.
+        self.on_end: Callable[[Finished], None] | None = None
 
     async def pieces(self) -> AsyncIterator[Piece | Finished]:
         """The text pieces, then the ``Finished`` event.
@@ -135,43 +121,6 @@ class SequenceHandle:
             self._engine.cancel(self.id)
 
 
-class _Sequence:
-    """A sequence as the worker thread sees it."""
-
-    def __init__(self, sequence_id: int, prepared: PreparedPrompt, generator: Generator, submitted_at: float) -> None:
-        import torch
-
-        self.id = sequence_id
-        self.prepared = prepared
-        config = prepared.config
-        self.max_new_tokens = config.max_new_tokens
-        self.reserved = len(prepared.token_ids) + config.max_new_tokens
-        self.stream = TextStream(generator.tokenizer, config.stop)
-        self.sampler = Sampler(
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
-            repetition_penalty=config.repetition_penalty,
-        )
-        self.is_greedy = config.temperature == 0.0 and config.repetition_penalty == 1.0
-        device = next(generator.model.parameters()).device
-        self.rng: torch.Generator | None = None
-        if config.temperature > 0:
-            self.rng = torch.Generator(device=device)
-            if prepared.seed is None:
-                self.rng.seed()
-            else:
-                self.rng.manual_seed(prepared.seed)
-        self.seen: torch.Tensor | None = None
-        if config.repetition_penalty != 1.0:
-            self.seen = torch.zeros((1, int(generator.model.config.vocab_size)), dtype=torch.bool, device=device)
-            self.seen[0, list(prepared.token_ids)] = True
-        self.submitted_at = submitted_at
-        self.last_token_at: float | None = None
-        self.next_token = -1  # the token the next decode step feeds
-        self.prefill: Prefill | None = None
-
-
 class GenerationEngine:
     """Runs every sequence of one text-generation version through one decode loop."""
 
@@ -193,13 +142,13 @@ class GenerationEngine:
         self.clock = clock
         self.eos_ids = frozenset({generator.eos_id})
         self._lock = threading.Condition()
-        self._waiting: collections.deque[_Sequence] = collections.deque()  # guarded by _lock
+        self._waiting: collections.deque[ActiveSequence] = collections.deque()  # guarded by _lock
         self._cancelled: set[int] = set()  # guarded by _lock
         self._handles: dict[int, SequenceHandle] = {}  # touched on the event loop only
         self._ids = itertools.count(1)
-        self._prefilling: collections.deque[_Sequence] = collections.deque()
-        self._running: dict[int, _Sequence] = {}
-        self._admitted: dict[int, _Sequence] = {}  # prefilling or running: what a failure must fail
+        self._prefilling: collections.deque[ActiveSequence] = collections.deque()
+        self._running: dict[int, ActiveSequence] = {}
+        self._admitted: dict[int, ActiveSequence] = {}  # prefilling or running: what a failure must fail
         self._batch = KVBatch(generator.model)
         self._reserved = 0
         self._is_stopping = False
@@ -250,8 +199,11 @@ class GenerationEngine:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
 
-    def submit(self, prepared: PreparedPrompt) -> SequenceHandle:
+    def submit(self, prepared: PreparedPrompt, *, deadline: float | None = None) -> SequenceHandle:
         """Queue a prepared prompt; its events arrive on the returned handle (call on the loop).
+
+        A sequence still waiting or generating at ``deadline`` (on the engine's clock) ends
+        before the next step with ``finish_reason`` "timeout" and frees its slot.
 
         Raises:
             InputError: the sequence needs more KV-cache tokens than the whole budget.
@@ -267,7 +219,9 @@ class GenerationEngine:
                 f"({prepared.config.max_new_tokens}) needs {need} KV-cache tokens, more than the "
                 f"{self.config.kv_cache_tokens} this model is served with"
             )
-        sequence = _Sequence(next(self._ids), prepared, self.generator, self.clock())
+        sequence = ActiveSequence(
+            next(self._ids), prepared, self.generator, submitted_at=self.clock(), deadline=deadline
+        )
         handle = SequenceHandle(self, sequence.id)
         with self._lock:
             if len(self._waiting) >= self.config.max_waiting:
@@ -288,7 +242,6 @@ class GenerationEngine:
 
     def cancel(self, sequence_id: int) -> None:
         """Drop a sequence before the next step (call on the event loop)."""
-        self._handles.pop(sequence_id, None)
         with self._lock:
             self._cancelled.add(sequence_id)
             self._lock.notify()
@@ -320,9 +273,9 @@ class GenerationEngine:
         return bool(self._waiting or self._cancelled or self._prefilling or self._running)
 
     def _iterate(self) -> None:
-        """One scheduling round: drop cancelled, admit, one prefill chunk, one decode step."""
+        """One scheduling round: drop cancelled and expired, admit, one prefill chunk, one decode step."""
         events: list[tuple[int, Event]] = []
-        self._drop_cancelled()
+        self._drop_ended(events)
         self._admit()
         if self._prefilling:
             self._prefill_chunk(events)
@@ -330,20 +283,30 @@ class GenerationEngine:
             self._decode_step(events)
         self._deliver(events)
 
-    def _drop_cancelled(self) -> None:
+    def _drop_ended(self, events: list[tuple[int, Event]]) -> None:
+        """End the sequences cancelled since the last round and those past their deadline."""
+        now = self.clock()
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
-            if not cancelled:
+            ends = {sid: "cancelled" for sid in cancelled}
+            for sequence in [*self._waiting, *self._prefilling, *self._running.values()]:
+                if sequence.id not in ends and sequence.deadline is not None and now >= sequence.deadline:
+                    ends[sequence.id] = "timeout"
+            if not ends:
                 return
-            self._waiting = collections.deque(s for s in self._waiting if s.id not in cancelled)
-        now = self.clock()
-        for sequence in [s for s in self._prefilling if s.id in cancelled]:
-            self._prefilling.remove(sequence)
-            self._release(sequence, now)
-        gone = [sid for sid in self._running if sid in cancelled]
+            dropped = [s for s in self._waiting if s.id in ends]
+            self._waiting = collections.deque(s for s in self._waiting if s.id not in ends)
+        dropped += [s for s in self._prefilling if s.id in ends]
+        self._prefilling = collections.deque(s for s in self._prefilling if s.id not in ends)
+        gone = [sid for sid in self._running if sid in ends]
         self._batch.leave(gone)
-        for sid in gone:
-            self._release(self._running.pop(sid), now)
+        dropped += [self._running.pop(sid) for sid in gone]
+        for sequence in dropped:
+            reason: EndReason = "timeout" if ends[sequence.id] == "timeout" else "cancelled"
+            if reason == "timeout":
+                self.hooks.timed_out()
+            self._release(sequence, now)
+            events.append((sequence.id, sequence.end(now, reason)))
 
     def _admit(self) -> None:
         with self._lock:
@@ -385,64 +348,27 @@ class GenerationEngine:
             for sequence in finished:
                 self._release(self._running.pop(sequence.id), now)
 
-    def _sample(self, rows: list[_Sequence], logits: torch.Tensor) -> list[int]:
-        """One token per row, each by its own settings (greedy rows in one argmax)."""
-        import torch
+    _sample = staticmethod(sample_tokens)  # one token per row, each by its own settings
 
-        tokens = [0] * len(rows)
-        with torch.inference_mode():
-            greedy = [i for i, s in enumerate(rows) if s.is_greedy]
-            if greedy:
-                picked = logits[greedy].float().argmax(dim=-1).tolist()
-                for i, token in zip(greedy, picked, strict=True):
-                    tokens[i] = int(token)
-            for i, sequence in enumerate(rows):
-                if sequence.is_greedy:
-                    continue
-                chosen = sequence.sampler.next_tokens(logits[i : i + 1], sequence.seen, sequence.rng)
-                if sequence.seen is not None:
-                    mark_seen(sequence.seen, chosen)
-                tokens[i] = int(chosen[0])
-        return tokens
-
-    def _take(self, sequence: _Sequence, token: int, events: list[tuple[int, Event]]) -> bool:
+    def _take(self, sequence: ActiveSequence, token: int, events: list[tuple[int, Event]]) -> bool:
         """Add a generated token to its sequence's text; return whether the sequence finished."""
         now = self.clock()
         if sequence.last_token_at is None:
+            sequence.first_token_at = now
             self.hooks.first_token(now - sequence.submitted_at)
         else:
             self.hooks.next_token(now - sequence.last_token_at)
         sequence.last_token_at = now
-        stream = sequence.stream
-        if token in self.eos_ids:
-            stream.new_tokens += 1
-            piece = stream.finish("stop")
-        else:
-            piece = stream.add(token)
-            if stream.is_stopped or stream.new_tokens >= sequence.max_new_tokens:
-                piece += stream.finish("length")
+        piece, is_finished = sequence.take(token, self.eos_ids)
         if piece:
             events.append((sequence.id, Piece(piece)))
-        sequence.next_token = token
-        if stream.finish_reason is None:
-            return False
-        events.append(
-            (
-                sequence.id,
-                Finished(
-                    finish_reason=stream.finish_reason,
-                    prompt_tokens=len(sequence.prepared.token_ids),
-                    completion_tokens=stream.new_tokens,
-                    text=stream.text,
-                    truncated_tokens=sequence.prepared.truncated_tokens,
-                ),
-            )
-        )
-        return True
+        if is_finished:
+            events.append((sequence.id, sequence.end(now)))
+        return is_finished
 
-    def _release(self, sequence: _Sequence, now: float) -> None:
+    def _release(self, sequence: ActiveSequence, now: float) -> None:
         if self._admitted.pop(sequence.id, None) is None:
-            return  # released already
+            return  # released already, or never admitted (it waited)
         self._reserved -= sequence.reserved
         sequence.prefill = None
         duration_s = now - sequence.submitted_at
@@ -480,3 +406,8 @@ class GenerationEngine:
             handle.events.put_nowait(event)
             if isinstance(event, Finished | Failed):
                 del self._handles[sequence_id]
+            if isinstance(event, Finished) and handle.on_end is not None:
+                try:
+                    handle.on_end(event)
+                except Exception:  # a failing observer never fails the answer
+                    logger.exception("end-of-sequence observer of %s failed", self.name)
