@@ -102,3 +102,28 @@ def hold_model(running: Running, name: str, version: int = 1) -> Gate:
 
     served.predict_batch = held
     return gate
+
+
+class StepGate:
+    """Holds a generation engine before each scheduling round until the test lets it run."""
+
+    def __init__(self, running: Running, name: str) -> None:
+        self.engine = running.repository.route(name).engine
+        self._permits = threading.Semaphore(0)
+        self._is_open = threading.Event()
+        original = self.engine._iterate
+
+        def gated() -> None:
+            if not self._is_open.is_set():
+                self._permits.acquire(timeout=60)
+            original()
+
+        self.engine._iterate = gated
+
+    def allow(self, rounds: int) -> None:
+        for _ in range(rounds):
+            self._permits.release()
+
+    def open(self) -> None:
+        self._is_open.set()
+        self._permits.release()

@@ -19,35 +19,10 @@ import pytest
 from kiln.serve.config import GenerationServingConfig, ModelConfig, ServeConfig
 from tests.conftest import make_text_package
 from tests.helpers import tiny_generation_package
-from tests.integration.serve_harness import Running, serving, wait_until
+from tests.integration.serve_harness import Running, StepGate, serving, wait_until
 
 CONTEXT = 128
 PROMPTS = ["a", "the dog ran in the park; the sun was", "café au", "question: what is the"]
-
-
-class StepGate:
-    """Holds a generation engine before each scheduling round until the test lets it run."""
-
-    def __init__(self, running: Running, name: str) -> None:
-        self.engine = running.repository.route(name).engine
-        self._permits = threading.Semaphore(0)
-        self._is_open = threading.Event()
-        original = self.engine._iterate
-
-        def gated() -> None:
-            if not self._is_open.is_set():
-                self._permits.acquire(timeout=60)
-            original()
-
-        self.engine._iterate = gated
-
-    def allow(self, rounds: int) -> None:
-        for _ in range(rounds):
-            self._permits.release()
-
-    def open(self) -> None:
-        self._is_open.set()
-        self._permits.release()
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +63,29 @@ def gate(server: Running) -> Iterator[StepGate]:
         del held.engine._iterate
 
 
-def chat(server: Running, content: str, **fields: Any) -> httpx.Response:
+class ManualClock:
+    """The engine's clock, moved only by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(gate: StepGate) -> Iterator[ManualClock]:
+    manual, original = ManualClock(), gate.engine.clock
+    gate.engine.clock = manual
+    try:
+        yield manual
+    finally:
+        gate.engine.clock = original
+
+
+def chat(server: Running, content: str, headers: dict[str, str] | None = None, **fields: Any) -> httpx.Response:
     body = {"model": "chat", "messages": [{"role": "user", "content": content}], "max_tokens": 12, **fields}
-    return server.post("/v1/chat/completions", body)
+    return server.post("/v1/chat/completions", body, headers=headers)
 
 
 def metric(server: Running, name: str, model: str = "chat") -> float:
@@ -257,6 +252,56 @@ def test_a_client_leaving_a_whole_answer_request_cancels_it(server: Running, gat
     wait_until(lambda: metric(server, "kiln_generation_cancelled_total") == cancelled_before + 1, what="cancel")
     gate.open()
     wait_until(lambda: gate.engine.waiting == 0 and gate.engine.running == 0, what="nothing left")
+
+
+def test_a_whole_answer_past_its_deadline_gets_504_and_frees_its_slot(
+    server: Running, gate: StepGate, clock: ManualClock
+) -> None:
+    timed_out_before = metric(server, "kiln_generation_timed_out_total")
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(chat, server, "hi", max_tokens=50, headers={"X-Request-Timeout-Ms": "1000"})
+        wait_until(lambda: gate.engine.waiting == 1, what="the request queued")
+        gate.allow(3)  # admitted, prefilled, two tokens: all within its second
+        wait_until(lambda: gate.engine.waiting == 0 and gate.engine._running, what="generating")
+        clock.now += 1.0
+        gate.allow(1)
+        resp = answer.result(timeout=60)
+    assert resp.status_code == 504
+    error = resp.json()["error"]
+    assert error["code"] == "timeout" and "X-Request-Timeout-Ms" in error["message"]
+    assert metric(server, "kiln_generation_timed_out_total") == timed_out_before + 1
+    assert gate.engine.waiting == 0 and gate.engine.running == 0 and gate.engine.reserved_tokens == 0
+
+
+def test_a_stream_past_its_deadline_ends_with_an_error_event_the_openai_client_raises(
+    server: Running, gate: StepGate, clock: ManualClock
+) -> None:
+    body = {"model": "chat", "prompt": "the cat", "max_tokens": 50, "stream": True}
+    headers = {"X-Request-Timeout-Ms": "1"}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, headers=headers, timeout=60) as resp:
+        wait_until(lambda: gate.engine.waiting == 1, what="the request queued")
+        clock.now += 1.0
+        gate.allow(1)
+        events = list(sse_events(resp.iter_lines()))
+    assert resp.status_code == 200
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "timeout"
+    assert not any("choices" in e and e["choices"][0]["finish_reason"] for e in events[:-1])
+    assert gate.engine.running == 0 and gate.engine.reserved_tokens == 0
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    stream = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=50, stream=True, extra_headers=headers
+    )
+    wait_until(lambda: gate.engine.waiting == 1, what="the request queued")
+    clock.now += 1.0
+    gate.allow(1)
+    with pytest.raises(openai.APIError, match="deadline"):
+        list(stream)
+
+
+def test_a_bad_timeout_header_gets_an_openai_error(server: Running) -> None:
+    resp = chat(server, "hi", headers={"X-Request-Timeout-Ms": "soon"})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["param"] == "X-Request-Timeout-Ms"
 
 
 def test_requests_past_the_waiting_bound_get_503_with_retry_after(server: Running) -> None:

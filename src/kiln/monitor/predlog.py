@@ -2,8 +2,9 @@
 
 ``observe`` (called on the request path) only samples and appends to a deque; a background
 thread calls ``flush`` which writes one Parquet file per flush under ``predictions/`` (and
-``feedback/``), then enforces retention: prediction files older than ``retention_s`` go, and
-the oldest go while they hold more than ``max_log_bytes``. Feedback has its own bounds (see
+``feedback/``; generation requests under ``generations/``), then enforces retention: prediction
+and generation files older than ``retention_s`` go, and the oldest go while they hold more than
+``max_log_bytes`` together. Feedback has its own bounds (see
 ``kiln.monitor.feedback``); a feedback file goes once every label in it has been dropped.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from kiln.monitor.feedback import Feedback, FeedbackStore
+from kiln.monitor.generation import GENERATIONS, GenerationWindows, generation_columns, generation_row
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +79,15 @@ class PredictionLog:
         self._random = random.Random(seed)
         self._pending: deque[Any] = deque()
         self._windows: dict[tuple[str, int], deque[LoggedInput]] = {}
+        self.generations = GenerationWindows(window_rows)
         self._lock = threading.Lock()
         self._seq = 0
 
     def observe(self, record: Any) -> None:
-        """Sample a ``PredictionRecord`` into the buffer (cheap: runs on the request path)."""
-        if self.sample_rate < 1.0 and self._random.random() >= self.sample_rate:
+        """Sample a ``PredictionRecord`` into the buffer (cheap: runs on the request path); a
+        ``GenerationRecord`` comes sampled already (by its model's ``generation.log``)."""
+        is_generation = getattr(record, "log_kind", PREDICTIONS) == GENERATIONS
+        if not is_generation and self.sample_rate < 1.0 and self._random.random() >= self.sample_rate:
             return
         if len(self._pending) >= self.max_buffer_rows:
             self.dropped += 1
@@ -122,7 +127,10 @@ class PredictionLog:
         records = _drain(self._pending)
         aged = self.feedback.prune()
         feedback = self.feedback.drain()
-        rows = [row for record in records for row in _rows_of(record)]
+        generated = [generation_row(r) for r in records if getattr(r, "log_kind", PREDICTIONS) == GENERATIONS]
+        rows = [row for r in records if getattr(r, "log_kind", PREDICTIONS) != GENERATIONS for row in _rows_of(r)]
+        for generation in generated:
+            self.generations.add(generation)
         with self._lock:
             for row in rows:
                 key = (row.model, row.version)
@@ -131,17 +139,22 @@ class PredictionLog:
                 self._windows[key].append(row)
         if rows:
             self._write(PREDICTIONS, [_to_columns(r) for r in rows])
+        if generated:
+            self._write(GENERATIONS, [generation_columns(g) for g in generated])
         if feedback:
             self._write(FEEDBACK, [f.to_row() for f in feedback], at=max(f.timestamp for f in feedback))
-        if rows or feedback or aged:
+        if rows or generated or feedback or aged:
             self.enforce_retention()
-        return len(rows)
+        return len(rows) + len(generated)
 
     def enforce_retention(self, now: float | None = None) -> None:
-        """Delete prediction files past ``retention_s``, then the oldest while over
+        """Delete prediction and generation files past ``retention_s``, then the oldest while over
         ``max_log_bytes``; delete feedback files whose every label the store has dropped."""
         now = self.clock() if now is None else now
-        files = sorted(self.folder.glob(f"{PREDICTIONS}/part-*.parquet"), key=lambda p: p.stat().st_mtime)
+        files = sorted(
+            [*self.folder.glob(f"{PREDICTIONS}/part-*.parquet"), *self.folder.glob(f"{GENERATIONS}/part-*.parquet")],
+            key=lambda p: p.stat().st_mtime,
+        )
         kept = []
         for path in files:
             if now - path.stat().st_mtime > self.retention_s:
@@ -172,7 +185,7 @@ class PredictionLog:
 
 
 def read_log(folder: str | Path, kind: str = PREDICTIONS) -> Any:
-    """Every row of a log folder's predictions (or feedback) as a pandas DataFrame."""
+    """Every row of a log folder's predictions (or feedback, or generations) as a pandas DataFrame."""
     import pandas as pd
     import pyarrow.parquet as pq
 

@@ -5,7 +5,8 @@
     unit      := "ms" | "s" | "%"          (latencies are in seconds; 50ms == 0.05)
     duration  := number ( "s" | "m" | "h" )
 
-Examples: ``psi(prediction) > 0.2 for 5m``, ``p99_latency > 50ms``, ``accuracy < 0.8``.
+Examples: ``psi(prediction) > 0.2 for 5m``, ``p99_latency > 50ms``, ``accuracy < 0.8``,
+``drifted(prompt_tokens) == 1``, ``p99_ttft > 2s``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ METRICS = (
     "mean_confidence",
     "confidence_drop",
     "rows",
+    # generation versions
+    "mean_prompt_tokens",
+    "mean_output_tokens",
+    "p50_ttft",
+    "p95_ttft",
+    "p99_ttft",
 )
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from kiln.monitor.alerts import FIRING, AlertEngine, AlertEvent, AlertHistory, WebhookPolicy
 from kiln.monitor.config import AlertRuleConfig, MonitorConfig, monitor_dir
 from kiln.monitor.predlog import PredictionLog
-from kiln.monitor.window import WindowReport, evaluate_window
+from kiln.monitor.window import WindowReport, evaluate_generation_window, evaluate_window
 from kiln.runtime.profile import read_profile
 
 logger = logging.getLogger(__name__)
@@ -137,16 +137,34 @@ class Monitor:
                 true_label=self.log.true_label,
                 embed_rows=self.config.embed_rows,
             )
-            self.reports[(model, version)] = report
-            for col in report.columns:
-                self.drift_score.labels(model, str(version), col.column, col.method).set(col.score)
-            self.alerts.evaluate(model, version, report.values, now=now)
-            reports.append(report)
+            reports.append(self._publish(report, now))
+        for model, version in self.log.generations.keys():
+            reference, current = self.log.generations.windows(model, version)
+            if len(current or reference) < self.config.min_window_rows:
+                continue
+            report = evaluate_generation_window(
+                reference,
+                current,
+                model=model,
+                version=version,
+                reference_rows=self.config.window_rows,
+                min_rows=self.config.min_window_rows,
+            )
+            reports.append(self._publish(report, now))
         if reports:
             from kiln.runtime.package import write_json_atomic
 
             write_json_atomic(self.folder / "reports.json", [r.to_json() for r in self.reports.values()])
         return reports
+
+    def _publish(self, report: WindowReport, now: float | None) -> WindowReport:
+        """Keep a version's report, set its drift series and run the alert rules on it."""
+        model, version = report.model, report.version
+        self.reports[(model, version)] = report
+        for col in report.columns:
+            self.drift_score.labels(model, str(version), col.column, col.method).set(col.score)
+        self.alerts.evaluate(model, version, report.values, now=now)
+        return report
 
     def feedback(self, model: str, request_id: str, label: str, index: int) -> None:
         """Record a true label for a logged input."""

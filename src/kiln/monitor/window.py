@@ -1,4 +1,5 @@
-"""One window of logged inputs compared with the reference: drift, confidence, latency, accuracy."""
+"""One window of logged inputs compared with the reference: drift, confidence, latency, accuracy;
+for a generation version, its latest requests against its reference window."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from kiln.monitor.drift import ColumnDrift, categorical_drift, histogram_drift, numeric_drift
+from kiln.monitor.generation import LoggedGeneration
 from kiln.monitor.predlog import LoggedInput
 from kiln.runtime import Predictor
 from kiln.runtime.features import numeric_features, pixel_counts
@@ -83,6 +85,66 @@ def evaluate_window(
         values["accuracy"] = sum(r.label == t for r, t in labelled) / len(labelled)
         values["feedback_rows"] = float(len(labelled))
     return WindowReport(model=model, version=version, rows=len(rows), columns=columns, values=values)
+
+
+def evaluate_generation_window(
+    reference: list[LoggedGeneration],
+    current: list[LoggedGeneration],
+    *,
+    model: str,
+    version: int,
+    reference_rows: int,
+    min_rows: int,
+) -> WindowReport:
+    """Traffic of a generation version's latest rows and, once its reference window is full and
+    ``min_rows`` rows followed it, drift of prompt length, output length, TTFT and latency."""
+    latest = current or reference
+    values = _generation_values(latest)
+    columns: list[ColumnDrift] = []
+    if len(reference) >= reference_rows and len(current) >= min_rows:
+        for name, stat in _GENERATION_FEATURES.items():
+            ref = [v for v in map(stat, reference) if v is not None]
+            cur = [v for v in map(stat, current) if v is not None]
+            if len(ref) >= 2 and len(cur) >= 2:
+                columns.append(numeric_drift(name, ref, cur))
+        for col in columns:
+            for stat_name, value in col.stats.items():
+                values[f"{stat_name}({col.column})"] = value
+            values[f"drifted({col.column})"] = float(col.is_drifted)
+            values[f"drift_score({col.column})"] = col.score
+        if columns:
+            values["drift_share"] = sum(c.is_drifted for c in columns) / len(columns)
+    return WindowReport(model=model, version=version, rows=len(latest), columns=columns, values=values)
+
+
+_GENERATION_FEATURES: dict[str, Callable[[LoggedGeneration], float | None]] = {
+    "prompt_tokens": lambda r: float(r.prompt_tokens),
+    "output_tokens": lambda r: float(r.output_tokens),
+    "ttft": lambda r: r.ttft_s,
+    "latency": lambda r: r.latency_s,
+}
+
+
+def _generation_values(rows: list[LoggedGeneration]) -> dict[str, float]:
+    if not rows:
+        return {"rows": 0.0}
+    latencies = np.asarray([r.latency_s for r in rows])
+    span = max(rows[-1].timestamp - rows[0].timestamp, 1e-3)
+    p50, p95, p99 = np.quantile(latencies, [0.5, 0.95, 0.99])
+    values = {
+        "rows": float(len(rows)),
+        "p50_latency": float(p50),
+        "p95_latency": float(p95),
+        "p99_latency": float(p99),
+        "qps": len(rows) / span if len(rows) > 1 else 0.0,
+        "mean_prompt_tokens": float(np.mean([r.prompt_tokens for r in rows])),
+        "mean_output_tokens": float(np.mean([r.output_tokens for r in rows])),
+    }
+    ttfts = [r.ttft_s for r in rows if r.ttft_s is not None]
+    if ttfts:
+        t50, t95, t99 = np.quantile(np.asarray(ttfts), [0.5, 0.95, 0.99])
+        values.update(p50_ttft=float(t50), p95_ttft=float(t95), p99_ttft=float(t99))
+    return values
 
 
 def _traffic_values(rows: list[LoggedInput]) -> dict[str, float]:

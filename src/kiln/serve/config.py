@@ -62,6 +62,32 @@ class BatchingConfig(Section):
         return self
 
 
+class GenerationLogConfig(Section):
+    # Share of this model's generation requests written to the prediction log (0..1);
+    # monitor.sample_rate when empty. Needs monitor.enabled.
+    sample_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Write the prompt and the output text (true) or only their token counts and timings (false).
+    log_text: bool = True
+    # "module:function" taking a text and returning it redacted, applied to every prompt message
+    # and to the output before they are logged; none when empty.
+    redact: str | None = None
+
+    @field_validator("redact")
+    @classmethod
+    def _check_redact(cls, value: str | None) -> str | None:
+        if value is not None:
+            from kiln.serve.generation.recording import load_redactor
+
+            load_redactor(value)  # raises ValueError saying what cannot be imported or called
+        return value
+
+    @model_validator(mode="after")
+    def _check_text(self) -> GenerationLogConfig:
+        if self.redact is not None and not self.log_text:
+            raise ValueError(f"redact ({self.redact}) has no text to redact with log_text false; set one of them")
+        return self
+
+
 class GenerationServingConfig(Section):
     # Most sequences generating at once (prefilling or decoding); each decode step runs them all.
     max_sequences: int = Field(default=16, ge=1)
@@ -71,6 +97,8 @@ class GenerationServingConfig(Section):
     max_waiting: int = Field(default=64, ge=1)
     # Prompt tokens prefilled between two decode steps, so a long prompt never stalls running sequences.
     prefill_chunk_tokens: int = Field(default=256, ge=1)
+    # What the prediction log keeps of each request (with monitor.enabled).
+    log: GenerationLogConfig = Field(default_factory=GenerationLogConfig)
 
 
 class ModelConfig(Section):

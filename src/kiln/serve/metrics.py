@@ -125,6 +125,12 @@ class ServeMetrics:
             ["model", "version"],
             registry=r,
         )
+        self.timed_out_sequences = Counter(
+            "kiln_generation_timed_out",
+            "Sequences stopped at their deadline (X-Request-Timeout-Ms) before they finished.",
+            ["model", "version"],
+            registry=r,
+        )
         self.decode_batch_size = Histogram(
             "kiln_generation_decode_batch_size",
             "Sequences in one decode step.",
@@ -212,6 +218,7 @@ class _MetricHooks(EngineHooks):
         self._completion = metrics.completion_tokens.labels(*labels)
         self._batch = metrics.decode_batch_size.labels(*labels)
         self._cancelled = metrics.cancelled_sequences.labels(*labels)
+        self._timed_out = metrics.timed_out_sequences.labels(*labels)
 
     def first_token(self, ttft_s: float) -> None:
         self._ttft.observe(ttft_s)
@@ -229,3 +236,6 @@ class _MetricHooks(EngineHooks):
 
     def cancelled(self) -> None:
         self._cancelled.inc()
+
+    def timed_out(self) -> None:
+        self._timed_out.inc()

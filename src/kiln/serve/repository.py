@@ -22,6 +22,7 @@ from kiln.errors import KilnError
 from kiln.serve.batching import Batcher
 from kiln.serve.config import BatchingConfig, GenerationServingConfig, ModelConfig, ServeConfig
 from kiln.serve.generation.engine import GenerationEngine
+from kiln.serve.generation.recording import GenerationRecord, GenerationRecorder
 from kiln.serve.metrics import ServeMetrics
 from kiln.serve.models import ServedGenerator, ServedModel, load_served_model, resolve_source
 from kiln.serve.routing import Router
@@ -47,7 +48,7 @@ class PredictionRecord:
     request_id: str = ""  # the X-Request-Id header, or one the server made up
 
 
-PredictionObserver = Callable[[PredictionRecord], None]
+PredictionObserver = Callable[["PredictionRecord | GenerationRecord"], None]
 
 
 @dataclass
@@ -59,6 +60,7 @@ class LoadedVersion:
     batcher: Batcher | None = None
     executor: ThreadPoolExecutor | None = None
     engine: GenerationEngine | None = None
+    recorder: GenerationRecorder | None = None  # samples a generation version's requests for the log
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -253,7 +255,7 @@ class ModelRepository:
         self._entries[name] = replace(entry, router=router)
         return router
 
-    def notify(self, record: PredictionRecord) -> None:
+    def notify(self, record: PredictionRecord | GenerationRecord) -> None:
         """Hand a record to every observer; an observer's failure never fails the request."""
         for observer in self.observers:
             try:
@@ -304,9 +306,21 @@ class ModelRepository:
             hooks=self.metrics.engine_hooks(served.name, served.version),
             num_threads=self.threads.alone,
         )
+        from kiln.runtime.package import package_digest
+
+        log = cfg.log
+        recorder = GenerationRecorder(
+            model=served.name,
+            version=served.version,
+            package_digest=package_digest(served.predictor.manifest),
+            sample_rate=self.config.monitor.sample_rate if log.sample_rate is None else log.sample_rate,
+            log_text=log.log_text,
+            redact=log.redact,
+            notify=self.notify,
+        )
         engine.start()
         self.metrics.track_engine(served.name, served.version, engine)
-        return LoadedVersion(model=served, engine=engine)
+        return LoadedVersion(model=served, engine=engine, recorder=recorder)
 
     async def _retire(self, name: str, version: int, loaded: LoadedVersion) -> None:
         # A replaced generation version finishes the sequences it started (streams included).

@@ -28,7 +28,7 @@ from kiln.runtime.preprocessing import InputError
 from kiln.serve.batching import BatcherStoppedError, QueueFullError
 from kiln.serve.generation.engine import Finished, GenerationEngine, GenerationFailedError, SequenceHandle
 from kiln.serve.generation.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
-from kiln.serve.handling import InferenceService
+from kiln.serve.handling import REQUEST_ID_HEADER, TIMEOUT_HEADER, InferenceService
 from kiln.serve.repository import LoadedVersion
 
 Kind = Literal["chat", "completion"]
@@ -118,9 +118,11 @@ async def _complete(request: Request, body: SamplingFields, prompt: Any, *, kind
     loaded, engine = _route(service, body.model, request.headers)
     model = loaded.model
     labels = (model.name, str(model.version))
+    timeout_ms = _timeout_ms(service, request.headers)
     prepared = _prepare(engine.generator, body, prompt, kind=kind)
+    deadline = None if timeout_ms is None else engine.clock() + timeout_ms / 1000.0
     try:
-        handle = engine.submit(prepared)
+        handle = engine.submit(prepared, deadline=deadline)
     except InputError as exc:
         raise _counted(service, labels, OpenAIProblem(400, str(exc), param="max_tokens")) from None
     except QueueFullError as exc:
@@ -129,9 +131,15 @@ async def _complete(request: Request, body: SamplingFields, prompt: Any, *, kind
     except BatcherStoppedError as exc:
         raise _counted(service, labels, OpenAIProblem(503, str(exc), headers={"Retry-After": "1"})) from None
     answer = _Answer(
-        kind=kind, model=model.name, include_usage=bool(body.stream_options and body.stream_options.include_usage)
+        kind=kind,
+        model=model.name,
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        timeout_ms=timeout_ms,
     )
-    headers = {"X-Model-Version": str(model.version)}
+    request_id = (request.headers.get(REQUEST_ID_HEADER) or "")[:128] or answer.id
+    if loaded.recorder is not None and service.repository.observers and loaded.recorder.is_sampled():
+        handle.on_end = loaded.recorder.on_end(request_id=request_id, kind=kind, prompt=prompt)
+    headers = {"X-Model-Version": str(model.version), "X-Request-Id": request_id}
     if body.stream:
         service.metrics.requests.labels(*labels, "200").inc()
         return StreamingResponse(_events(handle, answer), media_type="text/event-stream", headers=headers)
@@ -139,6 +147,9 @@ async def _complete(request: Request, body: SamplingFields, prompt: Any, *, kind
     status = 500
     try:
         finished = await unless_disconnected(request, handle)
+        if finished.finish_reason == "timeout":
+            status = 504
+            raise OpenAIProblem(504, answer.timeout_message(finished), code="timeout", headers=headers)
         status = 200
     except GenerationFailedError as exc:
         raise OpenAIProblem(500, str(exc)) from None
@@ -174,6 +185,22 @@ async def _disconnect(request: Request) -> None:
     # The body is read already, so the next message the server gives is the disconnect.
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+def _timeout_ms(service: InferenceService, headers: Mapping[str, str]) -> float | None:
+    """The request's X-Request-Timeout-Ms, or None without the header (a generation request
+    then runs to its end: the server's request_timeout_ms is the classifiers' default).
+
+    Raises:
+        OpenAIProblem: 400 for a value that is not a positive number of milliseconds.
+    """
+    if TIMEOUT_HEADER not in headers:
+        return None
+    try:
+        service.deadline(headers)  # the classifiers' check of the header, and its message
+    except HTTPProblem as exc:
+        raise OpenAIProblem(exc.status, exc.message, param="X-Request-Timeout-Ms") from None
+    return float(headers[TIMEOUT_HEADER])
 
 
 def _route(service: InferenceService, name: str, headers: Mapping[str, str]) -> tuple[LoadedVersion, GenerationEngine]:
@@ -257,10 +284,11 @@ def _counted(service: InferenceService, labels: tuple[str, str], problem: OpenAI
 class _Answer:
     """Writes one request's answer: whole, or as stream chunks."""
 
-    def __init__(self, *, kind: Kind, model: str, include_usage: bool) -> None:
+    def __init__(self, *, kind: Kind, model: str, include_usage: bool, timeout_ms: float | None = None) -> None:
         self.kind = kind
         self.model = model
         self.include_usage = include_usage
+        self.timeout_ms = timeout_ms
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
 
@@ -283,6 +311,12 @@ class _Answer:
         choice.update(finish_reason=finish_reason, logprobs=None)
         return sse_event({**self._head(stream=True), "choices": [choice]})
 
+    def timeout_message(self, finished: Finished) -> str:
+        return (
+            f"the request passed its deadline of {self.timeout_ms:g} ms (X-Request-Timeout-Ms) after "
+            f"{finished.completion_tokens} generated tokens; it was stopped"
+        )
+
     def usage_chunk(self, finished: Finished) -> str:
         return sse_event({**self._head(stream=True), "choices": [], "usage": _usage(finished)})
 
@@ -302,7 +336,10 @@ async def _events(handle: SequenceHandle, answer: _Answer) -> AsyncIterator[str]
         if answer.kind == "chat":
             yield answer.chunk(None, is_first=True)
         async for event in handle.pieces():
-            if isinstance(event, Finished):
+            if isinstance(event, Finished) and event.finish_reason == "timeout":
+                # OpenAI's clients raise on an event carrying "error" (openai-python: APIError).
+                yield sse_event(error_body(504, answer.timeout_message(event), code="timeout"))
+            elif isinstance(event, Finished):
                 yield answer.chunk(None if answer.kind == "chat" else "", finish_reason=event.finish_reason)
                 if answer.include_usage:
                     yield answer.usage_chunk(event)
