@@ -58,3 +58,42 @@ def test_serve_config_num_threads_defaults_to_auto_and_takes_a_count() -> None:
 def test_serve_config_num_threads_refuses_anything_but_auto_or_a_count(value: object) -> None:
     with pytest.raises(ConfigError, match=r"num_threads: .*num_threads must be 'auto' or an integer >= 1, got "):
         parse_serve_config({"num_threads": value}, source="serve.yaml")
+
+
+@pytest.mark.parametrize(
+    ("log", "message"),
+    [
+        ({"sample_rate": 1.5}, r"models\.0\.generation\.log\.sample_rate: .*less than or equal to 1"),
+        ({"redact": "scrub"}, r"models\.0\.generation\.log\.redact: .*expected 'package\.module:function'"),
+        ({"redact": "kiln_no_such_module:scrub"}, r"log\.redact: .*cannot import module 'kiln_no_such_module'"),
+        ({"redact": "json:no_such_function"}, r"log\.redact: .*has no 'no_such_function'"),
+        ({"redact": "json:decoder"}, r"log\.redact: .*'json:decoder' is not callable"),
+        ({"redact": "html:escape", "log_text": False}, r"generation\.log: .*no text to redact with log_text false"),
+    ],
+)
+def test_generation_log_settings_are_refused_naming_the_key(log: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_serve_config({"models": [{"versions": {1: "/m"}, "generation": {"log": log}}]})
+
+
+def test_generation_log_takes_a_redaction_hook_and_a_sample_rate() -> None:
+    cfg = parse_serve_config(
+        {"models": [{"versions": {1: "/m"}, "generation": {"log": {"redact": "html:escape", "sample_rate": 0.25}}}]}
+    )
+    log = cfg.models[0].generation.log
+    assert (log.redact, log.sample_rate, log.log_text) == ("html:escape", 0.25, True)
+
+
+def test_the_generation_log_example_of_the_serving_docs_validates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    import yaml
+
+    page = (Path(__file__).resolve().parents[3] / "docs" / "serving.md").read_text()
+    [block] = [b for b in re.findall(r"^```yaml\n(.*?)^```", page, flags=re.S | re.M) if "redact:" in b]
+    (tmp_path / "myhooks.py").write_text("def scrub_pii(text):\n    return text\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = parse_serve_config(yaml.safe_load(block))
+    assert cfg.monitor.enabled and cfg.models[0].generation.log.redact == "myhooks:scrub_pii"

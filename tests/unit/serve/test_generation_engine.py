@@ -172,3 +172,58 @@ def test_serving_config_refuses_out_of_range_generation_settings(tmp_path: Path)
 
     with pytest.raises(ConfigError, match="max_sequences"):
         GenerationServingConfig.parse({"max_sequences": 0}, source="serve.yaml")
+
+
+class ManualClock:
+    """The engine's clock, moved only by the test."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_engine_stops_sequences_at_their_deadline_running_or_waiting(generator: Generator) -> None:
+    clock = ManualClock()
+
+    async def main() -> tuple[list[str], Finished, Finished, int]:
+        engine = GenerationEngine(generator, GenerationServingConfig(max_sequences=1), clock=clock)
+        engine.start()
+        try:
+            running = engine.submit(generator.prepare("a", max_new_tokens=50), deadline=clock.now + 1.0)
+            waiting = engine.submit(generator.prepare("the cat", max_new_tokens=5), deadline=clock.now + 1.0)
+            pieces: list[str] = []
+            async for event in running.pieces():
+                if isinstance(event, Piece):
+                    pieces.append(event.text)
+                    if len(pieces) == 3:
+                        clock.now += 2.0  # both deadlines pass: the next round stops both
+                else:
+                    ended = event
+            return pieces, ended, await waiting.result(), engine.reserved_tokens
+        finally:
+            await engine.stop()
+
+    pieces, ended, waited, reserved = asyncio.run(main())
+    assert ended.finish_reason == "timeout" and 3 <= ended.completion_tokens < 50
+    assert ended.text.startswith("".join(pieces)) and ended.ttft_s == 0.0
+    assert waited.finish_reason == "timeout" and waited.completion_tokens == 0 and waited.ttft_s is None
+    assert reserved == 0
+
+
+def test_engine_ends_a_cancelled_sequence_with_its_text_so_far(generator: Generator) -> None:
+    async def body(engine: GenerationEngine) -> tuple[Finished, str, int]:
+        handle = engine.submit(generator.prepare("a", max_new_tokens=80))
+        ended: list[Finished] = []
+        is_ended = asyncio.Event()
+        handle.on_end = lambda finished: (ended.append(finished), is_ended.set())  # type: ignore[func-returns-value]
+        first = await handle.events.get()
+        assert isinstance(first, Piece)
+        handle.cancel()
+        await asyncio.wait_for(is_ended.wait(), timeout=60)
+        return ended[0], first.text, engine.reserved_tokens
+
+    ended, first, reserved = run(generator, GenerationServingConfig(), body)
+    assert ended.finish_reason == "cancelled" and ended.text.startswith(first)
+    assert 1 <= ended.completion_tokens < 80 and reserved == 0

@@ -1,0 +1,58 @@
+"""Generation windows: the frozen reference window, the current one, and drift between them."""
+
+from __future__ import annotations
+
+from kiln.monitor.generation import GenerationWindows, LoggedGeneration
+from kiln.monitor.rules import parse_condition
+from kiln.monitor.window import evaluate_generation_window
+
+
+def _row(prompt_tokens: int, i: int = 0, *, ttft_s: float | None = 0.05) -> LoggedGeneration:
+    return LoggedGeneration(
+        timestamp=1000.0 + i,
+        model="chat",
+        version=1,
+        package_digest="d" * 64,
+        request_id=f"r{i}",
+        kind="chat",
+        prompt=None,
+        output=None,
+        prompt_tokens=prompt_tokens,
+        output_tokens=8 + i % 3,
+        ttft_s=ttft_s,
+        latency_s=0.2 + 0.01 * (i % 5),
+        finish_reason="length",
+    )
+
+
+def test_generation_windows_freeze_the_first_rows_as_reference() -> None:
+    windows = GenerationWindows(window_rows=10)
+    for i in range(25):
+        windows.add(_row(i, i))
+    reference, current = windows.windows("chat", 1)
+    assert [r.prompt_tokens for r in reference] == list(range(10))
+    assert [r.prompt_tokens for r in current] == list(range(15, 25))  # the latest 10 after it
+
+
+def test_generation_window_drifts_on_longer_prompts_only() -> None:
+    reference = [_row(5 + i % 4, i) for i in range(20)]
+    alike = [_row(5 + i % 4, i) for i in range(20, 40)]
+    longer = [_row(40 + i % 4, i) for i in range(40, 60)]
+
+    def report(current: list[LoggedGeneration]) -> dict[str, float]:
+        return evaluate_generation_window(
+            reference, current, model="chat", version=1, reference_rows=20, min_rows=5
+        ).values
+
+    assert report(alike)["drifted(prompt_tokens)"] == 0.0
+    shifted = report(longer)
+    assert shifted["drifted(prompt_tokens)"] == 1.0 and shifted["drifted(output_tokens)"] == 0.0
+    assert shifted["mean_prompt_tokens"] == 41.5 and shifted["rows"] == 20
+    assert parse_condition("drifted(prompt_tokens) == 1").holds(shifted)
+
+
+def test_generation_window_reports_traffic_before_its_reference_is_full() -> None:
+    filling = [_row(5, i, ttft_s=None if i == 0 else 0.05) for i in range(6)]
+    report = evaluate_generation_window(filling, [], model="chat", version=1, reference_rows=20, min_rows=5)
+    assert report.columns == [] and report.rows == 6
+    assert report.values["p99_ttft"] == 0.05 and "p99_latency" in report.values
