@@ -2,10 +2,11 @@
 
 A text-generation package carries no reference profile (its evaluation measures perplexity and
 answers, not the prompts or the latencies live traffic will bring), so a generation version's
-reference is a *reference window*: its first ``window_rows`` logged requests in this server
-process, frozen once full. The current window is the latest ``window_rows`` requests logged
-after it. Prompt length, output length, time to first token and end-to-end latency are compared
-between the two with the classifiers' numeric test (``kiln.monitor.drift.numeric_drift``).
+reference is a *reference window*: its first ``window_rows`` logged requests, frozen once full
+(a restarted server takes it back from the log's files, as long as retention kept them). The
+current window is the latest ``window_rows`` requests logged after it. Prompt length, output
+length, time to first token and end-to-end latency are compared between the two with the
+classifiers' numeric test (``kiln.monitor.drift.numeric_drift``).
 """
 
 from __future__ import annotations
@@ -74,6 +75,32 @@ def generation_columns(row: LoggedGeneration) -> dict[str, Any]:
         "latency_ms": row.latency_s * 1000.0,
         "finish_reason": row.finish_reason,
     }
+
+
+def rows_from_generations(frame: Any) -> list[LoggedGeneration]:
+    """Logged generations back from a generations DataFrame (``read_log(folder, GENERATIONS)``)."""
+    return [
+        LoggedGeneration(
+            timestamp=float(r.timestamp),
+            model=str(r.model),
+            version=int(r.version),
+            package_digest=str(r.package_digest),
+            request_id=str(r.request_id),
+            kind=str(r.kind),
+            prompt=_text(getattr(r, "prompt", None), json.loads),
+            output=_text(getattr(r, "output", None), str),
+            prompt_tokens=int(r.prompt_tokens),
+            output_tokens=int(r.output_tokens),
+            ttft_s=None if r.ttft_ms is None or r.ttft_ms != r.ttft_ms else float(r.ttft_ms) / 1000.0,
+            latency_s=float(r.latency_ms) / 1000.0,
+            finish_reason=str(r.finish_reason),
+        )
+        for r in frame.itertuples(index=False)
+    ]
+
+
+def _text(value: Any, parse: Any) -> Any:
+    return None if value is None or value != value else parse(value)  # NaN: a missing text
 
 
 class GenerationWindows:

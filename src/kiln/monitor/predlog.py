@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 
 from kiln.monitor.feedback import Feedback, FeedbackStore
-from kiln.monitor.generation import GENERATIONS, GenerationWindows, generation_columns, generation_row
+from kiln.monitor.generation import (
+    GENERATIONS,
+    GenerationWindows,
+    generation_columns,
+    generation_row,
+    rows_from_generations,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +113,21 @@ class PredictionLog:
         )
         self.enforce_retention()  # files holding only labels that expired while the server was down
         return len(self.feedback)
+
+    def restore_generations(self) -> int:
+        """Take back the generation rows already in the log, oldest first (at start), so that
+        each version keeps its reference window across restarts; return how many were read.
+        Only counts and timings are read, never the texts."""
+        import pyarrow.parquet as pq
+
+        rows = []
+        for path in sorted(self.folder.glob(f"{GENERATIONS}/part-*.parquet")):
+            table = pq.read_table(path)
+            texts = [c for c in ("prompt", "output") if c in table.column_names]
+            rows += rows_from_generations(table.drop_columns(texts).to_pandas())
+        for row in sorted(rows, key=lambda r: r.timestamp):
+            self.generations.add(row)
+        return len(rows)
 
     def window(self, model: str, version: int) -> list[LoggedInput]:
         """The most recent logged inputs of a model version, oldest first."""

@@ -105,6 +105,7 @@ class Monitor:
         except RuntimeError:
             self.event_loop = None
         self.log.restore_feedback()
+        self.log.restore_generations()
         self.repository.observers.append(self.log.observe)
         self._thread = threading.Thread(target=self._run, name="kiln-monitor", daemon=True)
         self._thread.start()

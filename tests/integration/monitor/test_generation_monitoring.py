@@ -14,7 +14,7 @@ import pytest
 from kiln.monitor.predlog import read_log
 from kiln.runtime.package import package_digest, read_manifest
 from kiln.serve.config import ServeConfig
-from tests.helpers import tiny_generation_package
+from tests.helpers import kiln_cli, tiny_generation_package
 from tests.integration.serve_harness import Running, StepGate, serving, wait_until
 
 CONTEXT = 128
@@ -128,3 +128,7 @@ def test_an_alert_fires_when_prompt_lengths_shift(package: Path, tmp_path: Path)
         metrics = srv.get("/metrics").text
         assert 'kiln_alert_active{model="chat",rule="prompt-shift",version="1"} 1.0' in metrics
         assert 'feature="prompt_tokens"' in metrics and 'feature="output_tokens"' in metrics
+        shown = kiln_cli("monitor", "--url", srv.url)
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(r"prompt_tokens\s+ks\s+\S+\s+DRIFT", shown.stdout)
+        assert "active alerts: prompt-shift@chat" in shown.stdout

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from kiln.monitor.generation import GenerationWindows, LoggedGeneration
+from kiln.monitor.predlog import PredictionLog, read_log
 from kiln.monitor.rules import parse_condition
 from kiln.monitor.window import evaluate_generation_window
+from kiln.serve.generation.recording import GenerationRecord
 
 
 def _row(prompt_tokens: int, i: int = 0, *, ttft_s: float | None = 0.05) -> LoggedGeneration:
@@ -56,3 +61,37 @@ def test_generation_window_reports_traffic_before_its_reference_is_full() -> Non
     report = evaluate_generation_window(filling, [], model="chat", version=1, reference_rows=20, min_rows=5)
     assert report.columns == [] and report.rows == 6
     assert report.values["p99_ttft"] == 0.05 and "p99_latency" in report.values
+
+
+def test_a_restarted_log_keeps_each_versions_reference_window(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, window_rows=10)
+    for i in range(14):
+        log.observe(_record(_row(i, i)))
+    log.flush()
+    restarted = PredictionLog(tmp_path, window_rows=10)
+    assert restarted.restore_generations() == 14
+    reference, current = restarted.generations.windows("chat", 1)
+    assert [r.prompt_tokens for r in reference] == list(range(10))
+    assert [r.prompt_tokens for r in current] == [10, 11, 12, 13]
+    assert reference[0].prompt is None  # the texts are not read back
+    frame = read_log(tmp_path, "generations")
+    assert json.loads(frame["prompt"][0]) == [{"role": "user", "content": "hi 0"}]
+    assert set(frame["package_digest"]) == {"d" * 64} and frame["ttft_ms"][0] == 50.0
+
+
+def _record(row: LoggedGeneration) -> GenerationRecord:
+    return GenerationRecord(
+        model=row.model,
+        version=row.version,
+        package_digest=row.package_digest,
+        request_id=row.request_id,
+        kind=row.kind,
+        prompt=[{"role": "user", "content": f"hi {row.prompt_tokens}"}],
+        output="an answer",
+        prompt_tokens=row.prompt_tokens,
+        output_tokens=row.output_tokens,
+        ttft_s=row.ttft_s,
+        latency_s=row.latency_s,
+        finish_reason=row.finish_reason,
+        timestamp=row.timestamp,
+    )
