@@ -66,7 +66,7 @@ class EngineHooks:
         """A later token, ``gap_s`` after the one before."""
 
     def finished(self, *, duration_s: float, prompt_tokens: int, completion_tokens: int) -> None:
-        """A sequence ended (finished or cancelled)."""
+        """A sequence ended (finished, cancelled or past its deadline)."""
 
     def decode_step(self, batch_size: int) -> None:
         """One decode step ran ``batch_size`` sequences together."""
