@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from tests.smollm2 import smollm2_conversion  # noqa: F401  (a session fixture)
+
 SENTENCES = [
     "the film was a delight from start to finish",
     "a dull and lifeless script with nothing to say",

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from kiln.registry import Registry
+from kiln.runtime.pretrained_lm import MODELS_ENV
 from tests.helpers import ROOT, kiln_cli
+from tests.smollm2 import Conversion
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +37,20 @@ QUICK = [
 ]
 
 
-def test_chat_recipe_runs_registers_promotes_and_streams_an_answer(tmp_path: Path, home: Path) -> None:
-    done = kiln_cli("run", str(ROOT / "recipes" / "chat.yaml"), *QUICK, "data.max_examples=120", "--json")
+def test_chat_recipe_runs_registers_promotes_and_streams_an_answer(
+    tmp_path: Path, home: Path, smollm2_conversion: Conversion, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The session's converted SmolLM2, so that a fresh environment converts it once, not twice.
+    monkeypatch.setenv(MODELS_ENV, str(smollm2_conversion.home))
+    done = kiln_cli(
+        "run",
+        str(ROOT / "recipes" / "chat.yaml"),
+        *QUICK,
+        "data.max_examples=120",
+        "compress.eval_samples=8",
+        "compress.quantize.calibration_samples=8",
+        "--json",
+    )
 
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)

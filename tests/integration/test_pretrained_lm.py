@@ -1,101 +1,36 @@
 """SmolLM2 converted from its installed GGUF file: once, by one of two processes asking at once, and usable.
 
-The module converts once, the way the ranks of a torchrun job do: two processes ask for the model
-while this one holds the conversion lock, so both are certainly waiting when it is released.
+The conversion is the session fixture ``smollm2_conversion`` (tests/smollm2.py).
 """
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import json
-import os
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from kiln.runtime.pretrained_lm import MODELS_ENV, PRETRAINED_LMS, RECORD_FILE
+from kiln.runtime.pretrained_lm import PRETRAINED_LMS, RECORD_FILE
+from tests.smollm2 import NAME, Conversion
 
-NAME = "smollm2-135m"
 # sha256 of the dequantized weights: a change in the conversion's math changes it.
 WEIGHTS_SHA256 = "a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd"
-
-ASK = """
-import logging, sys
-logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
-from kiln.runtime.pretrained_lm import pretrained_lm_folder
-print(pretrained_lm_folder(sys.argv[1]))
-"""
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass(frozen=True)
-class Conversion:
-    home: Path
-    folder: Path
-    runs: list[subprocess.CompletedProcess[str]]
-
-
-def _wait_for(proc: subprocess.Popen[str], text: str) -> list[str]:
-    assert proc.stderr is not None
-    lines = []
-    for line in proc.stderr:
-        lines.append(line)
-        if text in line:
-            return lines
-    raise AssertionError(f"the process ended without logging {text!r}:\n{''.join(lines)}")
-
-
-@pytest.fixture(scope="module")
-def conversion(tmp_path_factory: pytest.TempPathFactory) -> Conversion:
-    home = tmp_path_factory.mktemp("models")
-    (home / f".{NAME}.x1y2.partial").mkdir()  # left by a conversion that died
-    env = {**os.environ, MODELS_ENV: str(home)}
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        with (home / f".{NAME}.lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            for _ in range(2):
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-c", ASK, NAME],
-                        env=env,
-                        text=True,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE,
-                    )
-                )
-            early = [_wait_for(proc, "waiting for another process converting") for proc in procs]
-        # Read both at once: the one waiting on the lock must not hold up the converter's pipes.
-        with ThreadPoolExecutor(len(procs)) as pool:
-            outputs = list(pool.map(lambda proc: proc.communicate(timeout=540), procs))
-        runs = [
-            subprocess.CompletedProcess(proc.args, proc.returncode, stdout, "".join(before) + stderr)
-            for proc, before, (stdout, stderr) in zip(procs, early, outputs, strict=True)
-        ]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    return Conversion(home=home, folder=home / NAME, runs=runs)
-
-
-def test_two_processes_asking_at_once_convert_once(conversion: Conversion) -> None:
-    for run in conversion.runs:
+def test_two_processes_asking_at_once_convert_once(smollm2_conversion: Conversion) -> None:
+    for run in smollm2_conversion.runs:
         assert run.returncode == 0, run.stderr
-        assert run.stdout.strip() == str(conversion.folder)
-    assert sum("converted pretrained model smollm2-135m in" in run.stderr for run in conversion.runs) == 1
+        assert run.stdout.strip() == str(smollm2_conversion.folder)
+    assert sum("converted pretrained model smollm2-135m in" in run.stderr for run in smollm2_conversion.runs) == 1
     # One folder; the lock file stays; the dead conversion's staging folder is gone.
-    assert sorted(p.name for p in conversion.home.iterdir()) == [f".{NAME}.lock", NAME]
+    assert sorted(p.name for p in smollm2_conversion.home.iterdir()) == [f".{NAME}.lock", NAME]
 
 
-def test_converted_folder_holds_a_checkpoint_recorded_by_hash(conversion: Conversion) -> None:
-    record = json.loads((conversion.folder / RECORD_FILE).read_text())
+def test_converted_folder_holds_a_checkpoint_recorded_by_hash(smollm2_conversion: Conversion) -> None:
+    record = json.loads((smollm2_conversion.folder / RECORD_FILE).read_text())
     assert record["source"]["sha256"] == PRETRAINED_LMS[NAME].gguf_sha256
     assert set(record["files"]) == {
         "config.json",
@@ -107,14 +42,14 @@ def test_converted_folder_holds_a_checkpoint_recorded_by_hash(conversion: Conver
         "special_tokens.json",
     }
     assert record["files"]["model.safetensors"] == WEIGHTS_SHA256
-    config = json.loads((conversion.folder / "config.json").read_text())
+    config = json.loads((smollm2_conversion.folder / "config.json").read_text())
     assert (config["model_type"], config["vocab_size"], config["max_position_embeddings"]) == ("llama", 49152, 8192)
     assert "quantization_config" not in config
-    special = json.loads((conversion.folder / "special_tokens.json").read_text())
+    special = json.loads((smollm2_conversion.folder / "special_tokens.json").read_text())
     assert (special["bos_token"], special["eos_token"]) == ("<|im_start|>", "<|im_end|>")
 
 
-def test_tokenizer_json_gives_the_gguf_tokenizer_ids(conversion: Conversion) -> None:
+def test_tokenizer_json_gives_the_gguf_tokenizer_ids(smollm2_conversion: Conversion) -> None:
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
@@ -123,7 +58,7 @@ def test_tokenizer_json_gives_the_gguf_tokenizer_ids(conversion: Conversion) -> 
     assert spec is not None and spec.submodule_search_locations
     installed = Path(spec.submodule_search_locations[0])
     gguf_tokenizer = AutoTokenizer.from_pretrained(str(installed), gguf_file=lm.gguf_file)
-    tokenizer = Tokenizer.from_file(str(conversion.folder / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(smollm2_conversion.folder / "tokenizer.json"))
     texts = [
         "What is the capital of France?",
         "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n",
@@ -137,14 +72,14 @@ def test_tokenizer_json_gives_the_gguf_tokenizer_ids(conversion: Conversion) -> 
         assert tokenizer.decode(ids, skip_special_tokens=False) == text
 
 
-def test_greedy_answer_through_the_chat_template_names_paris(conversion: Conversion) -> None:
+def test_greedy_answer_through_the_chat_template_names_paris(smollm2_conversion: Conversion) -> None:
     import torch
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
 
     from kiln.data.chat import render_chat
 
-    folder = conversion.folder
+    folder = smollm2_conversion.folder
     special = json.loads((folder / "special_tokens.json").read_text())
     prompt = render_chat(
         (folder / "chat_template.jinja").read_text(),
