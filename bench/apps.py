@@ -1,6 +1,7 @@
 """The applications at full scale: each recipe's measured results, as Markdown for RESULTS.md.
 
-    python bench/apps.py [--only recommend digits support finance] [--home DIR]
+    python bench/apps.py [--only recommend digits support finance support-generate] [--home DIR]
+        [--questions 48]
 
 - recommend: popularity, BPR-MF and two-tower on MovieLens-100k (leave-last-out, full ranking),
   and the two-tower package with int8 embedding tables; checks the target (two-tower NDCG@10
@@ -8,6 +9,9 @@
 - digits: the MNIST-5k CNN, then the recipe's compression (magnitude pruning to 50% sparsity,
   ONNX export, dynamic int8), each package evaluated on the test split.
 - support / finance: the BANKING77 intent and Financial PhraseBank sentiment recipes.
+- support-generate (not run by default): the support recipe's FAQ answered by SmolLM2-135M-Instruct
+  from the top retrieved entries against the nearest answer verbatim, on ``--questions`` held-out
+  paraphrases (ROUGE-L and key facts; see bench/support_answers.py for the protocol).
 
 Runs write under --home (default: a temporary folder). Minutes on 2 CPU cores per application.
 """
@@ -21,8 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from support_answers import bench_support_generate
+
 ROOT = Path(__file__).resolve().parents[1]
 APPS = ("recommend", "digits", "support", "finance")
+SECTIONS = (*APPS, "support-generate")
 
 
 def run_recipe(name: str, home: Path, *overrides: str) -> tuple[Any, float]:
@@ -139,7 +146,8 @@ def _size(package: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=APPS, default=list(APPS))
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(APPS))
+    parser.add_argument("--questions", type=int, default=48, help="held-out questions of support-generate")
     parser.add_argument("--home", type=Path, default=None, help="where runs go (default: a temporary folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,6 +157,7 @@ def main() -> None:
             "digits": lambda: bench_digits(home),
             "support": lambda: bench_classifier("support", "Customer-service intent: BANKING77", home),
             "finance": lambda: bench_classifier("finance", "Financial news sentiment: Financial PhraseBank", home),
+            "support-generate": lambda: bench_support_generate(home, count=args.questions),
         }
         for app in args.only:
             print("\n".join(sections[app]()), flush=True)
