@@ -43,7 +43,7 @@ def test_registry_four_processes_get_distinct_gap_free_versions(
     database_url: str, tmp_path: Path, make_package: Callable[..., Path]
 ) -> None:
     Registry(database_url, home=tmp_path / "home").close()  # create the schema once
-    per_process = 5
+    per_process = 20
     procs, sync = [], tmp_path / "sync"
     sync.mkdir()
     for i in range(4):
