@@ -4,6 +4,7 @@
 (``name@3``, ``name@production``) into a verified local package folder.
 """
 
+from kiln.registry.cache import AliasCache
 from kiln.registry.client import Lineage, Registry, resolve_reference
 from kiln.registry.domain import (
     AliasMove,
@@ -18,6 +19,7 @@ from kiln.registry.domain import (
 )
 
 __all__ = [
+    "AliasCache",
     "AliasMove",
     "ApiToken",
     "Lineage",
