@@ -85,7 +85,8 @@ def search(
     else:
         ordered = aliased(VersionMetricRow)
         sort_value = ordered.value
-        key_column = VersionRow.id
+        # (value, version_id) is the tail of the (key, value, version_id) index: no sort step.
+        key_column = ordered.version_id
         statement = select(VersionRow, ModelRow.name, key_column, sort_value).join(
             ordered, and_(ordered.version_id == VersionRow.id, ordered.key == metric)
         )
@@ -167,21 +168,24 @@ def aliases_of(s: Session, version_ids: list[int]) -> dict[int, tuple[str, ...]]
 
 
 def write_search_rows(
-    s: Session,
-    version_id: int,
-    *,
-    tags: Mapping[str, Any],
-    metrics: Mapping[str, Any],
-    is_new: bool,
+    s: Session, version_id: int, *, tags: Mapping[str, Any], metrics: Mapping[str, Any]
 ) -> None:
-    """Make ``version_tags``/``version_metrics`` match a version's tags and metrics."""
-    if not is_new:
-        s.execute(delete(VersionTagRow).where(VersionTagRow.version_id == version_id))
-        s.execute(delete(VersionMetricRow).where(VersionMetricRow.version_id == version_id))
-    tag_rows = [{"version_id": version_id, "key": str(k), "value": str(v)} for k, v in tags.items()]
-    metric_rows = [
-        {"version_id": version_id, "key": k, "value": v} for k, v in metric_values(metrics).items()
-    ]
+    """Replace a version's ``version_tags``/``version_metrics`` rows with its new tags and metrics."""
+    s.execute(delete(VersionTagRow).where(VersionTagRow.version_id == version_id))
+    s.execute(delete(VersionMetricRow).where(VersionMetricRow.version_id == version_id))
+    write_search_rows_of(s, [(version_id, tags, metrics)])
+
+
+def write_search_rows_of(
+    s: Session, versions: Iterable[tuple[int, Mapping[str, Any], Mapping[str, Any]]]
+) -> None:
+    """Insert the tag and metric rows of new versions, given as (id, tags, metrics), in two batches."""
+    tag_rows, metric_rows = [], []
+    for version_id, tags, metrics in versions:
+        tag_rows += [{"version_id": version_id, "key": str(k), "value": str(v)} for k, v in tags.items()]
+        metric_rows += [
+            {"version_id": version_id, "key": k, "value": v} for k, v in metric_values(metrics).items()
+        ]
     if tag_rows:
         s.execute(insert(VersionTagRow), tag_rows)
     if metric_rows:

@@ -136,43 +136,41 @@ class SqlStore(RegistryStore):
     # --- models and versions ---
     def create_version(self, new: NewVersion, *, upload_id: int | None = None) -> ModelVersion:
         with self._write() as s:
-            created = self._insert_version(s, new)
+            (created,) = self._insert_versions(s, [new])
             if upload_id is not None:
                 s.execute(delete(UploadRow).where(UploadRow.id == upload_id))
             return created
 
     def create_versions(self, news: Sequence[NewVersion]) -> list[ModelVersion]:
         with self._write() as s:
-            return [self._insert_version(s, new) for new in news]
+            return self._insert_versions(s, news)
 
-    def _insert_version(self, s: Session, new: NewVersion) -> ModelVersion:
-        model = self._lock_or_create_model(s, new.model, new.task)
-        if new.task and model.task and new.task != model.task:
-            raise ConflictError(
-                f"model {new.model!r} holds {model.task} packages, this one is {new.task}"
-            )
-        # The counter moves only if this transaction commits: numbers stay gap-free.
-        model.last_version += 1
-        model.stamp += 1
-        row = VersionRow(
-            model_id=model.id,
-            number=model.last_version,
-            package_digest=new.package_digest,
-            format=new.format,
-            precision=new.precision,
-            metrics=dict(new.metrics),
-            tags=dict(new.tags),
-            description=new.description,
-            created_at=_now(),
-            created_by=new.created_by,
-            data_fingerprint=new.data_fingerprint,
-            run_id=new.run_id,
-        )
-        if new.run_id is not None and s.get(RunRow, new.run_id) is None:
-            raise NotFoundError(f"no run with id {new.run_id!r}")
-        s.add(row)
+    def _insert_versions(self, s: Session, news: Sequence[NewVersion]) -> list[ModelVersion]:
+        # Each model is locked once however many of its versions come; rows go in as batches.
+        models: dict[str, ModelRow] = {}
+        rows = []
+        for new in news:
+            model = models.get(new.model) or self._lock_or_create_model(s, new.model, new.task)
+            models[new.model] = model
+            if new.task and model.task and new.task != model.task:
+                raise ConflictError(
+                    f"model {new.model!r} holds {model.task} packages, this one is {new.task}"
+                )
+            if new.run_id is not None and s.get(RunRow, new.run_id) is None:
+                raise NotFoundError(f"no run with id {new.run_id!r}")
+            # The counter moves only if this transaction commits: numbers stay gap-free.
+            model.last_version += 1
+            model.stamp += 1
+            rows.append(_version_row(new, model))
+        s.add_all(rows)
         s.flush()
-        sql_search.write_search_rows(s, row.id, tags=new.tags, metrics=new.metrics, is_new=True)
+        made = list(zip(rows, news, strict=True))
+        sql_search.write_search_rows_of(s, [(row.id, new.tags, new.metrics) for row, new in made])
+        for row, new in made:
+            self._insert_lineage(s, row.id, new)
+        return [_version(row, new.model, ()) for row, new in made]
+
+    def _insert_lineage(self, s: Session, version_id: int, new: NewVersion) -> None:
         for parent in new.parents:
             parent_id = None
             if parent.parent_model is not None and parent.parent_version is not None:
@@ -180,14 +178,13 @@ class SqlStore(RegistryStore):
                 parent_id = self._version_row(s, parent_model, parent.parent_version).id
             s.add(
                 LineageRow(
-                    child_id=row.id,
+                    child_id=version_id,
                     parent_id=parent_id,
                     parent_hint=parent.parent_hint[:500],
                     transformation=parent.transformation,
                     settings=dict(parent.settings),
                 )
             )
-        return _version(row, model.name, ())
 
     def _lock_or_create_model(self, s: Session, name: str, task: str) -> ModelRow:
         values = {
@@ -253,7 +250,7 @@ class SqlStore(RegistryStore):
             row.metrics = {**row.metrics, **(metrics or {})}
             row.tags = {**row.tags, **(tags or {})}
             m.stamp += 1
-            sql_search.write_search_rows(s, row.id, tags=row.tags, metrics=row.metrics, is_new=False)
+            sql_search.write_search_rows(s, row.id, tags=row.tags, metrics=row.metrics)
             return self._to_version(s, row, m.name)
 
     def delete_version(self, model: str, version: int) -> ModelVersion:
@@ -271,7 +268,7 @@ class SqlStore(RegistryStore):
                 edge.parent_id = None
                 edge.parent_hint = f"{gone.ref} (deleted)"
             s.execute(delete(LineageRow).where(LineageRow.child_id == row.id))
-            sql_search.write_search_rows(s, row.id, tags={}, metrics={}, is_new=False)
+            sql_search.write_search_rows(s, row.id, tags={}, metrics={})
             s.delete(row)
             m.stamp += 1
             return gone
@@ -544,6 +541,23 @@ def _check_alias_name(alias: str) -> None:
             "alias must be letters, digits, '-' or '_', not a plain number and not 'latest', "
             f"got {alias!r}"
         )
+
+
+def _version_row(new: NewVersion, model: ModelRow) -> VersionRow:
+    return VersionRow(
+        model_id=model.id,
+        number=model.last_version,
+        package_digest=new.package_digest,
+        format=new.format,
+        precision=new.precision,
+        metrics=dict(new.metrics),
+        tags=dict(new.tags),
+        description=new.description,
+        created_at=_now(),
+        created_by=new.created_by,
+        data_fingerprint=new.data_fingerprint,
+        run_id=new.run_id,
+    )
 
 
 def _model(row: ModelRow) -> Model:
