@@ -8,13 +8,16 @@ for one machine. Operations, each timed per call:
 - register: a run whose artifacts are the package folder (``log_artifacts``), then
   ``create_model_version`` from ``runs:/<id>/model``, as ``mlflow.register_model`` does;
 - resolve-alias: ``get_model_version_by_alias``;
-- list-versions: ``search_model_versions("name='bench'")`` (every version in one page);
+- resolve-latest: ``search_model_versions`` ordered by version number, highest first, 1 result;
+- search-page: ``search_model_versions`` filtered by a tag (``tags.team = 'vision'``, a third
+  of the versions), a page of 100 (MLflow filters model versions by name, run, source and tags,
+  not by metric thresholds, so Kiln's page has more to do);
 - fetch: ``download_artifacts("models:/bench/<n>")`` into a fresh folder.
 
     python bench/registry_mlflow.py SPEC.json OUT.json
 
 ``SPEC.json`` holds ``workdir``, ``packages`` (folders, one per version), ``alias_version``,
-``lookups``, ``lists``, ``fetch_versions`` and ``warmup``; ``OUT.json`` gets the MLflow
+``lookups``, ``pages``, ``fetch_versions`` and ``warmup``; ``OUT.json`` gets the MLflow
 version and, per operation, the list of call times in milliseconds.
 """
 
@@ -54,16 +57,17 @@ def main(spec_path: str, out_path: str) -> None:
     client.create_registered_model(MODEL)
 
     times: dict[str, list[float]] = {op: [] for op in
-                                     ("register", "resolve-alias", "list-versions", "fetch")}
+                                     ("register", "resolve-alias", "resolve-latest", "search-page",
+                                      "fetch")}
 
-    def register(package: str) -> Any:
+    def register(package: str, team: str) -> Any:
         with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.log_artifacts(package, "model")
         return client.create_model_version(MODEL, source=f"runs:/{run.info.run_id}/model",
-                                           run_id=run.info.run_id)
+                                           run_id=run.info.run_id, tags={"team": team})
 
-    for package in spec["packages"]:
-        timed(times["register"], register, package)
+    for i, package in enumerate(spec["packages"]):
+        timed(times["register"], register, package, ("vision", "nlp", "search")[i % 3])
     client.set_registered_model_alias(MODEL, "production", str(spec["alias_version"]))
 
     for _ in range(spec["warmup"]):
@@ -72,9 +76,15 @@ def main(spec_path: str, out_path: str) -> None:
         found = timed(times["resolve-alias"], client.get_model_version_by_alias, MODEL, "production")
     assert int(found.version) == spec["alias_version"], found.version
 
-    for _ in range(spec["lists"]):
-        listed = timed(times["list-versions"], client.search_model_versions, f"name='{MODEL}'")
-    assert len(listed) == len(spec["packages"]), len(listed)
+    for _ in range(spec["lookups"]):
+        latest = timed(times["resolve-latest"], client.search_model_versions, f"name='{MODEL}'",
+                       max_results=1, order_by=["version_number DESC"])
+    assert int(latest[0].version) == len(spec["packages"]), latest[0].version
+
+    page_filter = f"name='{MODEL}' and tags.team = 'vision'"
+    for _ in range(spec["pages"]):
+        page = timed(times["search-page"], client.search_model_versions, page_filter, max_results=100)
+    assert len(page) == min(100, (len(spec["packages"]) + 2) // 3), len(page)
 
     fetched = workdir / "fetched"
     for i, version in enumerate(spec["fetch_versions"]):
