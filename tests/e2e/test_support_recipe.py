@@ -40,7 +40,9 @@ def test_support_recipe_runs_and_answers_or_hands_off_over_http(tmp_path: Path) 
     from kiln.apps.support import build_support_package
     from kiln.config import load_recipe
 
-    strict = load_recipe(ROOT / "recipes" / "support.yaml", [*tiny, "support.target_accuracy=1.0"])
+    strict = load_recipe(
+        ROOT / "recipes" / "support.yaml", [*tiny, "support.target_accuracy=1.0", "support.out_of_scope=null"]
+    )
     build_support_package(strict, next(out.glob("train-*")) / "package", tmp_path / "strict")
     text = make_text_package(tmp_path / "plain")
     config = ServeConfig(
@@ -61,8 +63,9 @@ def test_support_recipe_runs_and_answers_or_hands_off_over_http(tmp_path: Path) 
     body = answered.json()
     assert body["handoff"] is False and body["answer"].startswith("Open the app")
     assert body["answer_score"] == pytest.approx(1.0, abs=1e-3) and 0 < body["confidence"] <= 1
+    assert body["oos_threshold"] == manifest["app"]["out_of_scope"]["threshold"] and "oos_score" in body
     assert handed_off.status_code == 200 and handed_off.json()["handoff"] is True
-    assert "answer" not in handed_off.json() and "confidence below" in handed_off.json()["reason"]
+    assert "answer" not in handed_off.json() and handed_off.json()["reason"] == "low_confidence"
     assert empty.status_code == 400 and "empty" in empty.json()["error"]
     assert missing.status_code == 422 and "text" in missing.json()["error"]
     assert not_an_app.status_code == 400 and "not a support app" in not_an_app.json()["error"]

@@ -38,7 +38,8 @@ ANSWER_TOKENS = 6
 
 def support_recipe(root: Path, **support: Any) -> Any:
     """A support recipe whose validation split repeats the asked messages (half of each labelled
-    either way), so the calibrated hand-off threshold lets every asked message through."""
+    either way), so the calibrated hand-off threshold lets every asked message through (out-of-scope
+    detection off: tests/integration/test_serve_support_oos.py covers it)."""
     rows = [(text, label) for text in [q for q, _ in FAQ] + [UNRELATED] for label in ("neg", "pos") * 4]
     data = root / "messages.csv"
     data.write_text("text,label\n" + "".join(f'"{t}",{label}\n' for t, label in rows))
@@ -49,7 +50,8 @@ def support_recipe(root: Path, **support: Any) -> Any:
             "name": "support-test",
             "data": {"train_file": str(data), "drop_duplicates": False, "val_fraction": 0.4, "test_fraction": 0.2},
             "model": {"kind": "bert", "size": "tiny", "vocab_size": 200, "max_length": 32},
-            "support": {"faq_file": str(faq), "target_accuracy": 0.01, "max_answer_tokens": ANSWER_TOKENS, **support},
+            "support": {"faq_file": str(faq), "target_accuracy": 0.01, "max_answer_tokens": ANSWER_TOKENS,
+                        "out_of_scope": None, **support},
         }
     )
 
@@ -163,7 +165,8 @@ def test_support_hand_off_is_unchanged_and_streams_its_final_event_alone(server:
     handed = server.post("/v1/apps/picky:answer", {"text": UNRELATED})
     assert handed.status_code == 200
     body = handed.json()
-    assert body["handoff"] is True and "no FAQ question closer than 0.99" in body["reason"]
+    assert body["handoff"] is True and body["reason"] == "no_faq_match"
+    assert "no FAQ question closer than 0.99" in body["detail"]
     assert not {"answer", "sources", "chat_model"} & set(body)
     assert streamed(server, "picky", UNRELATED) == [body, "[DONE]"]
 

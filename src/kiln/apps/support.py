@@ -6,7 +6,10 @@ manifest's ``app`` section, the confidence threshold below which a message goes 
 
 The threshold is calibrated on the validation split: the lowest confidence at which the messages
 answered (confidence at or above it) reach ``support.target_accuracy`` (selective classification,
-Geifman & El-Yaniv 2017). Messages unlike any intent score low and are handed off the same way.
+Geifman & El-Yaniv 2017). An accurate classifier is confident on nearly everything, messages for
+which no intent exists included, so a second score measures how unlike every known intent a
+message is (``kiln.runtime.outofscope``); its statistics go into the package and its threshold is
+calibrated under the open-intent protocol (``kiln.apps.outofscope``).
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kiln.config.schema import Recipe
+from kiln.apps.outofscope import Scored, calibrate, handoff_rate
+from kiln.config.schema import OutOfScopeConfig, Recipe
+from kiln.errors import DataError
 
 if TYPE_CHECKING:
+    from kiln.data.splits import Split
     from kiln.runtime import Predictor
 
 
@@ -66,17 +72,36 @@ def build_support_package(recipe: Recipe, classifier: Path, dest: Path) -> tuple
     chat = resolve_chat_package(cfg.chat_package) if cfg.chat_package else None
     predictor = load_classifier(classifier)
     dataset = kiln.data.run(recipe)
-    val_probs = _probs(predictor, list(dataset.validation.inputs))
+    examples = _out_of_scope_examples(cfg.out_of_scope, recipe.data.text_column)
+    val = _scored(predictor, dataset.validation)
+    val_probs = _softmax(val.logits)
     threshold = calibrate_threshold(
         val_probs.max(axis=1), val_probs.argmax(axis=1) == dataset.validation.labels, cfg.target_accuracy
     )
-    test_probs = _probs(predictor, list(dataset.test.inputs))
-    report = {
+    test = _scored(predictor, dataset.test)
+    report: dict[str, Any] = {
         "threshold": threshold,
         "target_accuracy": cfg.target_accuracy,
         "validation": handoff_report(val_probs, dataset.validation.labels, threshold),
-        "test": handoff_report(test_probs, dataset.test.labels, threshold),
+        "test": handoff_report(_softmax(test.logits), dataset.test.labels, threshold),
     }
+    calibration = None
+    if cfg.out_of_scope is not None:
+        scored_examples = None
+        if examples:
+            ex_logits, ex_emb = _forward(predictor, examples)
+            scored_examples = Scored(ex_logits, ex_emb, np.full(len(examples), -1))
+        calibration = calibrate(
+            cfg.out_of_scope,
+            train=_scored(predictor, dataset.train),
+            validation=val,
+            examples=scored_examples,
+            seed=recipe.seed,
+        )
+        test_oos = calibration.scorer.score(test.logits, test.embeddings)
+        report["out_of_scope"] = dict(
+            calibration.report, test_inscope_handoff=handoff_rate(test_oos, calibration.threshold)
+        )
     questions, answers = load_faq(cfg.faq_file)
     encoder = SentenceEncoder(resolve_pretrained(cfg.encoder))
     parent = predictor.manifest
@@ -85,6 +110,8 @@ def build_support_package(recipe: Recipe, classifier: Path, dest: Path) -> tuple
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(classifier / rel, staging / rel)
         write_faq_index(staging, questions, answers, encoder)
+        if calibration is not None:
+            calibration.scorer.save(staging)
         manifest = {k: v for k, v in parent.items() if k not in ("files", "schema_version", "kiln_version")}
         manifest["lineage"] = {
             "parent": {"path": str(classifier.resolve()), "digest": package_digest(parent)},
@@ -98,6 +125,10 @@ def build_support_package(recipe: Recipe, classifier: Path, dest: Path) -> tuple
             "encoder": cfg.encoder,
             "faq": {"pairs": len(questions), "origin": cfg.faq_file or "chatterbot-corpus English"},
         }
+        if calibration is not None and cfg.out_of_scope is not None:
+            manifest["app"]["out_of_scope"] = dict(
+                calibration.scorer.describe(), threshold=calibration.threshold, label=cfg.out_of_scope.label
+            )
         if chat is not None:
             manifest["app"]["grounding"] = grounding_section(cfg, chat)
             manifest["lineage"]["chat"] = {"reference": chat.reference, "digest": chat.digest}
@@ -106,7 +137,45 @@ def build_support_package(recipe: Recipe, classifier: Path, dest: Path) -> tuple
     return full, report
 
 
-def _probs(predictor: Predictor, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    return np.concatenate(
-        [predictor.predict_proba(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
-    )
+def _forward(predictor: Predictor, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits and pooled embeddings (None when the model has none) of ``texts``, in batches."""
+    parts = [predictor.logits_and_embedding(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+    logits = np.concatenate([p[0] for p in parts])
+    embeddings = [p[1] for p in parts]
+    if any(e is None for e in embeddings):
+        return logits, None
+    return logits, np.concatenate([e for e in embeddings if e is not None])
+
+
+def _scored(predictor: Predictor, split: Split) -> Scored:
+    logits, embeddings = _forward(predictor, list(split.inputs))
+    return Scored(logits, embeddings, np.asarray(split.labels))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return np.asarray(exp / exp.sum(axis=1, keepdims=True))
+
+
+def _out_of_scope_examples(cfg: OutOfScopeConfig | None, text_column: str) -> list[str]:
+    """The texts of ``support.out_of_scope.examples_file`` (none when unset).
+
+    Raises:
+        DataError: the file is missing, has no ``text_column`` or no texts.
+    """
+    if cfg is None or cfg.examples_file is None:
+        return []
+    from kiln.data.sources import read_table
+
+    path = cfg.examples_file
+    frame = read_table(path, fmt=None, encoding="utf-8", has_header=True)
+    if text_column not in frame.columns:
+        raise DataError(
+            f"support.out_of_scope.examples_file {path}: column {text_column!r} (data.text_column) not found; "
+            f"columns are {', '.join(map(str, frame.columns))}"
+        )
+    texts = [t.strip() for t in frame[text_column].dropna().astype(str) if t.strip()]
+    if not texts:
+        raise DataError(f"support.out_of_scope.examples_file {path}: no texts in column {text_column!r}")
+    return texts

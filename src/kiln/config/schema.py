@@ -377,6 +377,24 @@ def _has_entries_slot(template: str) -> str:
     return template
 
 
+class OutOfScopeConfig(Section):
+    # Score of how unlike every known intent a message is (kiln.runtime.outofscope.METHODS).
+    method: Literal["msp", "energy", "mahalanobis", "knn"] = "mahalanobis"
+    # handoff: hand off at most max_inscope_handoff of in-scope validation messages;
+    # f1: the threshold with the best out-of-scope F1 on validation (pseudo-unknown intents and examples_file).
+    objective: Literal["handoff", "f1"] = "handoff"
+    # Most in-scope validation messages (as a share) handed off as out of scope (objective handoff).
+    max_inscope_handoff: float = Field(default=0.05, gt=0.0, lt=1.0)
+    # Share of the training intents held out as pseudo-unknown to estimate recall (open-intent protocol).
+    holdout_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
+    # Neighbour whose cosine similarity counts (method knn).
+    k: int = Field(default=10, ge=1, le=1000)
+    # CSV of real out-of-scope messages (the data.text_column holds the text); empty uses none.
+    examples_file: str | None = None
+    # Label of out-of-scope rows in evaluation data (kiln eval reports open-intent metrics when present).
+    label: str = Field(default="oos", min_length=1)
+
+
 class SupportConfig(Section):
     # CSV of question,answer pairs to answer from; empty uses the chatterbot-corpus English pairs.
     faq_file: str | None = None
@@ -384,6 +402,8 @@ class SupportConfig(Section):
     encoder: str = "minilm-l6"
     # The hand-off threshold is the lowest confidence at which answered validation examples reach this accuracy.
     target_accuracy: float = Field(default=0.9, gt=0.0, le=1.0)
+    # Out-of-scope detection: messages unlike every intent are handed off; null turns it off.
+    out_of_scope: OutOfScopeConfig | None = Field(default_factory=OutOfScopeConfig)
     # Cosine similarity below which the nearest FAQ question does not answer the message.
     min_answer_score: float = Field(default=0.5, ge=-1.0, le=1.0)
     # Text-generation package that writes answers from the retrieved entries (name@alias, name@version

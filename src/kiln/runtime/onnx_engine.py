@@ -10,6 +10,7 @@ import numpy as np
 from kiln.errors import PackageError
 
 ONNX_NAME = "model.onnx"
+EMBEDDING_OUTPUT = "embedding"
 
 
 class OnnxEngine:
@@ -47,6 +48,8 @@ class OnnxEngine:
             i.name: _NUMPY_TYPES.get(i.type, None) for i in self.session.get_inputs()
         }
         self.output_name: str = self.session.get_outputs()[0].name
+        # Text graphs exported by Kiln also output the pooled embedding (out-of-scope scores read it).
+        self.has_embedding = any(o.name == EMBEDDING_OUTPUT for o in self.session.get_outputs())
 
     def with_threads(self, threads: int) -> OnnxEngine:
         """This model with ``threads`` intra-op threads per call.
@@ -70,18 +73,27 @@ class OnnxEngine:
         return list(self.input_types)
 
     def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        (logits,) = self.session.run([self.output_name], self._feed(features))
+        return np.asarray(logits, dtype=np.float32)
+
+    def logits_and_embedding(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and the graph's ``embedding`` output from one run (None when the graph has none)."""
+        if not self.has_embedding:
+            return self(features), None
+        logits, embedding = self.session.run([self.output_name, EMBEDDING_OUTPUT], self._feed(features))
+        return np.asarray(logits, dtype=np.float32), np.asarray(embedding, dtype=np.float32)
+
+    def _feed(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [name for name in self.input_types if name not in features]
         if missing:
             raise PackageError(
                 f"the ONNX graph needs inputs {missing} that the preprocessor does not produce "
                 f"(it produces {sorted(features)})"
             )
-        feed = {
+        return {
             name: features[name] if dtype is None else features[name].astype(dtype, copy=False)
             for name, dtype in self.input_types.items()
         }
-        (logits,) = self.session.run([self.output_name], feed)
-        return np.asarray(logits, dtype=np.float32)
 
 
 _NUMPY_TYPES: dict[str, Any] = {

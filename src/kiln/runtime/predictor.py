@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from kiln.errors import PackageError
+from kiln.runtime.outofscope import OutOfScopeScorer, load_scorer
 from kiln.runtime.package import packaged_file, read_manifest, require_task
 from kiln.runtime.preprocessing import ImagePreprocessor, TextPreprocessor, make_preprocessor
 
@@ -33,6 +34,10 @@ class Engine(Protocol):
 
     def with_threads(self, threads: int) -> Engine:
         """The same model run with ``threads`` intra-op threads per call."""
+        ...
+
+    def logits_and_embedding(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and the pooled embedding from one run (None when the model exposes none)."""
         ...
 
 
@@ -85,6 +90,27 @@ class TorchEngine:
             }
             return logits_of(self.model, tensors).float().cpu().numpy()
 
+    def logits_and_embedding(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and the last layer's mean over real tokens, from one forward pass (None: no tokens)."""
+        import torch
+
+        from kiln.runtime.architectures import logits_of
+
+        self._set_threads()
+        dtype = next(self.model.parameters()).dtype
+        with torch.inference_mode():
+            tensors = {
+                k: torch.from_numpy(v).to(self.device, dtype if v.dtype.kind == "f" else None)
+                for k, v in features.items()
+            }
+            if "input_ids" not in tensors or not hasattr(self.model, "config"):
+                return logits_of(self.model, tensors).float().cpu().numpy(), None
+            out = self.model(**tensors, output_hidden_states=True)
+            hidden = out.hidden_states[-1]
+            mask = tensors["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            return out.logits.float().cpu().numpy(), pooled.float().cpu().numpy()
+
     def embed(self, features: dict[str, np.ndarray]) -> np.ndarray | None:
         """The encoder's pooled representation (mean over real tokens, or CNN features), or None."""
         import torch
@@ -108,7 +134,11 @@ class TorchEngine:
 
 
 class Predictor:
-    """A loaded package: raw inputs in, labels and class probabilities out."""
+    """A loaded package: raw inputs in, labels and class probabilities out.
+
+    A support package (``app.out_of_scope`` in its manifest) also scores how far out of scope
+    each input is, from the same forward pass: ``predict`` adds ``oos_score`` to each output.
+    """
 
     def __init__(
         self,
@@ -124,15 +154,39 @@ class Predictor:
         self.engine = engine
         self.labels: list[str] = list(manifest["labels"])
         self.task: str = manifest["task"]
+        section = (manifest.get("app") or {}).get("out_of_scope")
+        self.out_of_scope: OutOfScopeScorer | None = load_scorer(path, section) if section else None
 
     def predict_proba(self, inputs: Sequence[Any]) -> np.ndarray:
         """Class probabilities, shape (len(inputs), len(labels))."""
-        logits = self.engine(self.preprocessor(inputs))
-        if logits.shape != (len(inputs), len(self.labels)):
+        return _softmax(self._checked(self.engine(self.preprocessor(inputs)), len(inputs)))
+
+    def logits_and_embedding(self, inputs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and pooled embeddings from one forward pass; embeddings None when the model exposes none."""
+        logits, embeddings = self.engine.logits_and_embedding(self.preprocessor(inputs))
+        return self._checked(logits, len(inputs)), embeddings
+
+    def scored(self, inputs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities and the package's out-of-scope scores (None without a scorer)."""
+        if self.out_of_scope is None:
+            return self.predict_proba(inputs), None
+        if self.out_of_scope.needs_embedding:
+            logits, embeddings = self.logits_and_embedding(inputs)
+            if embeddings is None:
+                raise PackageError(
+                    f"{self.path}: the {self.out_of_scope.method} out-of-scope score needs pooled embeddings, "
+                    "which this package's model does not output"
+                )
+        else:
+            logits, embeddings = self._checked(self.engine(self.preprocessor(inputs)), len(inputs)), None
+        return _softmax(logits), self.out_of_scope.score(logits, embeddings)
+
+    def _checked(self, logits: np.ndarray, n: int) -> np.ndarray:
+        if logits.shape != (n, len(self.labels)):
             raise RuntimeError(
-                f"model returned logits of shape {logits.shape} for {len(inputs)} inputs and {len(self.labels)} labels"
+                f"model returned logits of shape {logits.shape} for {n} inputs and {len(self.labels)} labels"
             )
-        return _softmax(logits)
+        return logits
 
     def embed(self, inputs: Sequence[Any]) -> np.ndarray | None:
         """Pooled encoder embeddings, shape (len(inputs), dim); None when the engine has none (ONNX)."""
@@ -145,16 +199,18 @@ class Predictor:
             return None
 
     def predict(self, inputs: Sequence[Any]) -> list[dict[str, Any]]:
-        """One ``{"label": str, "scores": {label: probability}}`` per raw input."""
-        probs = self.predict_proba(inputs)
-        results = []
-        for row in probs:
-            results.append(
-                {
-                    "label": self.labels[int(row.argmax())],
-                    "scores": {lab: float(p) for lab, p in zip(self.labels, row, strict=True)},
-                }
-            )
+        """One ``{"label": str, "scores": {label: probability}}`` per raw input (and ``oos_score``
+        for a package with an out-of-scope score)."""
+        probs, oos = self.scored(inputs)
+        results: list[dict[str, Any]] = []
+        for i, row in enumerate(probs):
+            result: dict[str, Any] = {
+                "label": self.labels[int(row.argmax())],
+                "scores": {lab: float(p) for lab, p in zip(self.labels, row, strict=True)},
+            }
+            if oos is not None:
+                result["oos_score"] = float(oos[i])
+            results.append(result)
         return results
 
 

@@ -2,15 +2,18 @@
 
 The intent classifier runs through the model's batcher like any prediction (routing, deadline,
 metrics, observers); a confident intent is then answered from the package's FAQ index by nearest
-neighbour, and a message below the calibrated threshold, or with no close FAQ question, is handed
-off to a human. A package whose recipe names a chat package writes its answer with that model from
+neighbour. A message is handed off to a human, with the reason, when its out-of-scope score is
+above the package's calibrated threshold (``out_of_scope``: no intent covers it), when its
+confidence is below the calibrated hand-off threshold (``low_confidence``), or when no FAQ question
+is close enough (``no_faq_match``). The out-of-scope score comes from the same batched forward
+pass as the intent. A package whose recipe names a chat package writes its answer with that model from
 the nearest FAQ entries instead (``kiln.serve.grounded``), streamed when asked.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
@@ -49,8 +52,15 @@ class AnswerResponse(BaseModel):
     version: int
     intent: str
     confidence: float
+    oos_score: float | None = Field(
+        default=None, description="how unlike every known intent the message is (higher: further out of scope)"
+    )
+    oos_threshold: float | None = Field(default=None, description="out-of-scope scores above this are handed off")
     handoff: bool = Field(description="true: route the message to a human")
-    reason: str | None = Field(default=None, description="why the message is handed off")
+    reason: Literal["out_of_scope", "low_confidence", "no_faq_match"] | None = Field(
+        default=None, description="why the message is handed off"
+    )
+    detail: str | None = Field(default=None, description="the hand-off reason in words")
     answer: str | None = None
     faq_question: str | None = None
     answer_score: float | None = None
@@ -91,13 +101,22 @@ async def _answer(name: str, body: AnswerRequest, request: Request) -> Any:
         "confidence": scores[intent],
         "handoff": False,
     }
+    oos = app.get("out_of_scope")
+    if oos is not None:
+        out.update(oos_score=result.outputs[0]["oos_score"], oos_threshold=oos["threshold"])
+        if out["oos_score"] > oos["threshold"]:
+            return dict(out, handoff=True, reason="out_of_scope", detail=(
+                f"{oos['method']} out-of-scope score {out['oos_score']:.3f} above the calibrated {oos['threshold']:.3f}"
+            ))
     if scores[intent] < app["handoff_threshold"]:
-        return dict(out, handoff=True, reason=f"confidence below the calibrated {app['handoff_threshold']:.3f}")
+        return dict(out, handoff=True, reason="low_confidence",
+                    detail=f"confidence below the calibrated {app['handoff_threshold']:.3f}")
     index = await _faq_index(request, model)
     (match,) = await asyncio.to_thread(index.search, [text])
     out.update(faq_question=match.question, answer_score=match.score)
     if match.score < app["min_answer_score"]:
-        return dict(out, handoff=True, reason=f"no FAQ question closer than {app['min_answer_score']}")
+        return dict(out, handoff=True, reason="no_faq_match",
+                    detail=f"no FAQ question closer than {app['min_answer_score']}")
     if "grounding" in app:
         return await grounded.generated_answer(request, out, text=text, index=index, app=app, is_streamed=body.stream)
     return dict(out, answer=match.answer)

@@ -213,14 +213,30 @@ class ServedModel:
         ids = [enc.ids for enc in encodings]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         probs = np.empty((len(ids), len(self.labels)), dtype=np.float32)
+        # A support package scores how far out of scope each text is, from the same forward pass.
+        scorer = self._classifier().out_of_scope
+        oos = np.empty(len(ids), dtype=np.float64) if scorer is not None else None
         for start in range(0, len(order), self.chunk_size):
             chunk = order[start : start + self.chunk_size]
-            logits = engine(prep.collate([ids[i] for i in chunk]))
+            features = prep.collate([ids[i] for i in chunk])
+            if scorer is None:
+                probs[chunk] = _softmax(engine(features))
+                continue
+            if scorer.needs_embedding:
+                logits, embeddings = engine.logits_and_embedding(features)
+            else:
+                logits, embeddings = engine(features), None
             probs[chunk] = _softmax(logits)
-        return [
+            assert oos is not None
+            oos[chunk] = scorer.score(logits, embeddings)
+        outputs = [
             self._output(row, truncated=bool(enc.overflowing))
             for row, enc in zip(probs, encodings, strict=True)
         ]
+        if oos is not None:
+            for out, score in zip(outputs, oos, strict=True):
+                out["oos_score"] = float(score)
+        return outputs
 
     def _classifier(self) -> Predictor:
         if isinstance(self.predictor, Recommender):
