@@ -30,8 +30,9 @@ MLflow (``--mlflow-python``: a Python whose environment has MLflow) runs in the 
 register, resolve-alias, latest (``search_model_versions`` ordered by version, 1 result),
 a page of 100 filtered by a tag, and fetch. Kiln's rows at 1k are compared with it.
 
-With ``--lock PATH`` the timed phases (not the filling) hold ``flock PATH``, so that benchmarks
-of several people on one machine do not time each other.
+With ``--lock PATH`` the run holds ``flock PATH`` from its first timed phase to its end (the
+packages are built and the first filling done before), so that benchmarks of several people on
+one machine do not time each other.
 
     python bench/registry.py --mlflow-python /work/mlflow-venv/bin/python --lock /tmp/kiln-bench.lock
     python bench/registry.py --scales 200,400 --models 50 --samples 20 --writes 10 --replicas 10 \
@@ -103,18 +104,21 @@ def build_packages(dest: Path, count: int) -> list[Path]:
     return packages
 
 
+_held_locks: list[Any] = []
+
+
 @contextlib.contextmanager
 def bench_lock(path: Path | None) -> Iterator[None]:
-    """Hold ``flock path`` (when given) for the timed phases."""
-    if path is None:
-        yield
-        return
-    with path.open("a") as handle:
+    """Take ``flock path`` (when given) before the first timed phase and hold it to the end.
+
+    Held once rather than per phase: another benchmark waiting on the lock would otherwise take
+    it between two phases and keep it for as long as it runs.
+    """
+    if path is not None and not _held_locks:
+        handle = path.open("a")
         fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        _held_locks.append(handle)  # released when the process exits
+    yield
 
 
 def timed_calls(call: Callable[[Any], Any], items: list[Any]) -> list[float]:
