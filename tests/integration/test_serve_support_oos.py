@@ -3,6 +3,7 @@ messages answers in-scope messages and hands off the rest, naming the reason and
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from kiln.errors import DataError
 from kiln.runtime import load_classifier
 from kiln.serve.config import ModelConfig, ServeConfig
 from tests.conftest import make_text_package
+from tests.helpers import kiln_cli
 from tests.integration.serve_harness import Running, serving
 
 INTENTS = {
@@ -101,3 +103,28 @@ def test_build_names_a_bad_examples_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="column 'text' \\(data.text_column\\) not found"):
         build_support_package(recipe(tmp_path, examples_file=str(bad)), classifier, tmp_path / "app")  # type: ignore[arg-type]
     assert not (tmp_path / "app").exists()
+
+
+@pytest.mark.parametrize("label", ["oos", "out_of_scope"])
+def test_kiln_eval_reports_open_intent_metrics_for_out_of_scope_rows(
+    built: tuple[Path, dict], tmp_path: Path, label: str
+) -> None:
+    rows = [(t, intent) for intent, texts in INTENTS.items() for t in texts] + [(t, label) for t in OUT_OF_SCOPE]
+    data = tmp_path / "eval.csv"
+    data.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    extra = [] if label == "oos" else ["--oos-label", label]
+    printed = kiln_cli("eval", str(built[0]), "--data", str(data), *extra, "--output-dir", str(tmp_path / "ev"))
+    assert printed.returncode == 0, printed.stderr
+    assert "in-scope hand-off rate" in printed.stdout and "open-class F1" in printed.stdout
+    assert f"8 in-scope rows, 6 labelled '{label}'" in printed.stdout
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    opened = report["open_intent"]
+    assert (opened["inscope_handoff_rate"], opened["oos_recall"], opened["open_f1"]) == (0.0, 1.0, 1.0)
+    assert report["n"] == 8  # accuracy and the per-class table cover the in-scope rows
+
+
+def test_kiln_eval_refuses_data_with_only_out_of_scope_rows(built: tuple[Path, dict], tmp_path: Path) -> None:
+    data = tmp_path / "eval.csv"
+    data.write_text("text,label\n" + "".join(f"{t},oos\n" for t in OUT_OF_SCOPE))
+    printed = kiln_cli("eval", str(built[0]), "--data", str(data))
+    assert printed.returncode != 0 and "every row is labelled 'oos'" in printed.stderr

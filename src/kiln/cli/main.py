@@ -101,6 +101,10 @@ def eval_(
         str, typer.Option(help="Text column in --data (text generation: documents for perplexity)")
     ] = "text",
     label_column: Annotated[str, typer.Option(help="Label column in --data")] = "label",
+    oos_label: Annotated[
+        str | None,
+        typer.Option(help="Label of out-of-scope rows in --data (support packages); default: the package's, oos"),
+    ] = None,
     prompt_column: Annotated[str, typer.Option(help="Prompt column in --data (text generation)")] = "prompt",
     response_column: Annotated[
         str, typer.Option(help="Reference response column in --data (text generation)")
@@ -137,6 +141,7 @@ def eval_(
                 data_file=data,
                 text_column=text_column,
                 label_column=label_column,
+                oos_label=oos_label,
                 prompt_column=prompt_column,
                 response_column=response_column,
                 encoding=encoding,
@@ -267,10 +272,35 @@ def _print_report(report: dict[str, Any]) -> None:
             name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"])
         )
     console.print(per_class)
+    if "open_intent" in report:
+        _print_open_intent(console, report["open_intent"])
     if "speed" in report:
         from kiln.evaluate.compare import speed_table
 
         console.print(speed_table(report["speed"]))
+
+
+def _print_open_intent(console: Any, open_intent: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if not console.is_terminal:
+        console = Console(width=160)  # piped output: keep the columns' names whole
+
+    table = Table(
+        title=f"support hand-off: {open_intent['inscope_n']} in-scope rows, "
+        f"{open_intent['oos_n']} labelled {open_intent['oos_label']!r}"
+    )
+    columns = {
+        "in-scope accuracy": "inscope_accuracy",
+        "in-scope hand-off rate": "inscope_handoff_rate",
+        "out-of-scope recall": "oos_recall",
+        "open-class F1": "open_f1",
+    }
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_row(*(f"{open_intent[key]:.4f}" for key in columns.values()))
+    console.print(table)
 
 
 def _print_generation_report(console: Any, summary: Any, report: dict[str, Any]) -> None:

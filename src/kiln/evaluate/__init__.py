@@ -36,6 +36,8 @@ class EvaluationConfig:
     ece_bins: int = 15  # confidence bins for the expected calibration error
     measure_speed: bool = False  # also report latency, throughput, size on disk and peak memory
     num_threads: int | None = None  # intra-op threads while timing; the library default if empty
+    # Label of out-of-scope rows in data_file (support packages); empty: the package's app.out_of_scope.label.
+    oos_label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,15 +63,16 @@ def run(cfg: EvaluationConfig) -> EvalResult:
 
         return run_generation(cfg, manifest)
     inputs, y_true, source, fingerprint_ok = _evaluation_data(cfg, manifest, list(manifest["labels"]))
+    has_oos = bool((y_true < 0).any())
     speed = None
     if cfg.measure_speed:
         # Timed before the package is loaded for scoring, so the peak-memory growth is its own.
         speed = measure_package(cfg.package, list(inputs[:SPEED_SAMPLES]), num_threads=cfg.num_threads)
     predictor = load_classifier(cfg.package)
-    probs = np.concatenate(
-        [predictor.predict_proba(inputs[i : i + cfg.batch_size]) for i in range(0, len(inputs), cfg.batch_size)]
-    )
-    report = classification_report(y_true, probs, predictor.labels, cfg.ece_bins)
+    batches = [predictor.scored(inputs[i : i + cfg.batch_size]) for i in range(0, len(inputs), cfg.batch_size)]
+    probs = np.concatenate([b[0] for b in batches])
+    inscope = y_true >= 0
+    report = classification_report(y_true[inscope], probs[inscope], predictor.labels, cfg.ece_bins)
     report = {
         "package": str(cfg.package),
         "name": predictor.manifest.get("name"),
@@ -78,6 +81,12 @@ def run(cfg: EvaluationConfig) -> EvalResult:
         **report,
         **({"speed": speed} if speed is not None else {}),
     }
+    if has_oos:
+        from kiln.evaluate.openset import handed_off, open_intent_report
+
+        oos = None if batches[0][1] is None else np.concatenate([b[1] for b in batches if b[1] is not None])
+        off = handed_off(manifest["app"], probs, oos)
+        report["open_intent"] = dict(open_intent_report(y_true, probs, off), oos_label=_oos_label(cfg, manifest))
     out = cfg.output_dir or cfg.package.parent / f"{cfg.package.name}-eval"
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion_matrix(report["confusion_matrix"], predictor.labels, str(out / "confusion_matrix.png"))
@@ -175,6 +184,14 @@ def _run_ranking(cfg: EvaluationConfig, predictor: Any) -> EvalResult:
     return EvalResult(report=report, output_dir=out)
 
 
+def _oos_label(cfg: EvaluationConfig, manifest: dict[str, Any]) -> str | None:
+    """The label of out-of-scope rows for a support package (None for any other package)."""
+    app = manifest.get("app") or {}
+    if app.get("kind") != "support":
+        return None
+    return cfg.oos_label or (app.get("out_of_scope") or {}).get("label") or "oos"
+
+
 def _evaluation_data(
     cfg: EvaluationConfig, manifest: dict[str, Any], labels: list[str]
 ) -> tuple[Any, np.ndarray, str, bool | None]:
@@ -197,7 +214,17 @@ def _evaluation_data(
         )
         if not raw.labels:
             raise DataError(f"{cfg.data_file}: no labelled rows to evaluate")
-        return raw.inputs, encode_labels(raw.labels, labels, str(cfg.data_file)), str(cfg.data_file), None
+        oos_label = _oos_label(cfg, manifest)
+        if oos_label is None or oos_label not in raw.labels:
+            return raw.inputs, encode_labels(raw.labels, labels, str(cfg.data_file)), str(cfg.data_file), None
+        # Out-of-scope rows of a support package's data are labelled -1 (no class of the model).
+        is_oos = np.array([label == oos_label for label in raw.labels])
+        if is_oos.all():
+            raise DataError(f"{cfg.data_file}: every row is labelled {oos_label!r}; in-scope rows are needed too")
+        encoded = np.full(len(raw.labels), -1, dtype=np.int64)
+        kept = [label for label, oos in zip(raw.labels, is_oos, strict=True) if not oos]
+        encoded[~is_oos] = encode_labels(kept, labels, str(cfg.data_file))
+        return raw.inputs, encoded, str(cfg.data_file), None
 
     import kiln.data
     from kiln.config import parse_recipe
