@@ -18,7 +18,7 @@ from kiln.compress.errors import CompressError
 from kiln.compress.examples import Examples
 from kiln.compress.packaging import child_package
 from kiln.config.schema import OnnxExportConfig
-from kiln.runtime.onnx_engine import ONNX_NAME
+from kiln.runtime.onnx_engine import EMBEDDING_OUTPUT, ONNX_NAME
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def _export(model: Any, sample: dict[str, Any], path: Path, cfg: OnnxExportConfi
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")
     wrapper = _logits_module(model)
+    is_text = "input_ids" in sample
     args = tuple(torch.from_numpy(v) for v in sample.values())
     names = list(sample)
     seq_axes = {0: "batch", 1: "sequence"}
@@ -105,7 +106,8 @@ def _export(model: Any, sample: dict[str, Any], path: Path, cfg: OnnxExportConfi
         kwargs = {"dynamic_shapes": shapes, "dynamo": True}
     else:
         axes = {n: (seq_axes if n in TEXT_INPUTS else {0: "batch"}) for n in names}
-        kwargs = {"dynamic_axes": dict(axes, logits={0: "batch"}), "dynamo": False}
+        outputs = {"logits": {0: "batch"}, EMBEDDING_OUTPUT: {0: "batch"}} if is_text else {"logits": {0: "batch"}}
+        kwargs = {"dynamic_axes": dict(axes, **outputs), "dynamo": False}
     with warnings.catch_warnings(), torch.no_grad():
         # Tracing warnings about shape-dependent Python branches in transformers' masking code
         # are harmless here: parity on real inputs of other lengths is checked right after.
@@ -115,7 +117,7 @@ def _export(model: Any, sample: dict[str, Any], path: Path, cfg: OnnxExportConfi
             args,
             str(path),
             input_names=names,
-            output_names=["logits"],
+            output_names=["logits", EMBEDDING_OUTPUT] if is_text else ["logits"],
             opset_version=cfg.opset,
             **kwargs,
         )
@@ -233,7 +235,8 @@ def _pin_head_counts(path: Path, head_size: int) -> int:
 
 
 def _logits_module(model: Any) -> Any:
-    """Wrap a model so that export sees positional tensor inputs and one ``logits`` output."""
+    """Wrap a model so that export sees positional tensor inputs, and ``logits`` out (a text model
+    also outputs ``embedding``, its last layer's mean over real tokens, which out-of-scope scores read)."""
     import torch
     from transformers import PreTrainedModel
 
@@ -247,7 +250,10 @@ def _logits_module(model: Any) -> Any:
         def forward(self, *inputs: Any) -> Any:
             if is_hf:
                 input_ids, attention_mask = inputs
-                return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+                out = self.inner(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+                mask = attention_mask.unsqueeze(-1).to(out.hidden_states[-1].dtype)
+                pooled = (out.hidden_states[-1] * mask).sum(1) / mask.sum(1).clamp(min=1)
+                return out.logits, pooled
             return self.inner(*inputs)
 
     return LogitsOnly().eval()

@@ -308,3 +308,21 @@ def _predict_in_fresh_process(package: Path, texts: list[str]) -> np.ndarray:
     )
     assert proc.returncode == 0, proc.stderr
     return np.array(json.loads(proc.stdout.splitlines()[-1]))
+
+
+def test_onnx_and_int8_text_packages_output_the_pooled_embedding_like_torch(
+    text_package: Path, tmp_path: Path
+) -> None:
+    result = kiln.compress.run(
+        text_package, output_dir=tmp_path, steps=["onnx", "quantize-dynamic"], examples=text_examples()
+    )
+    texts = ["short", "a much longer sentence with many more words than the first one has"]
+    torch_logits, torch_emb = kiln.runtime.load_classifier(text_package, device="cpu").logits_and_embedding(texts)
+    onnx_logits, onnx_emb = kiln.runtime.load_classifier(result.packages[0]).logits_and_embedding(texts)
+    _, int8_emb = kiln.runtime.load_classifier(result.packages[1]).logits_and_embedding(texts)
+    assert torch_emb is not None and onnx_emb is not None and int8_emb is not None
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4)
+    np.testing.assert_allclose(onnx_emb, torch_emb, atol=1e-4)
+    assert int8_emb.shape == torch_emb.shape
+    cosine = (int8_emb * torch_emb).sum(1) / np.linalg.norm(int8_emb, axis=1) / np.linalg.norm(torch_emb, axis=1)
+    assert cosine.min() > 0.95
