@@ -1,14 +1,17 @@
 """The applications at full scale: each recipe's measured results, as Markdown for RESULTS.md.
 
-    python bench/apps.py [--only recommend digits support finance support-generate] [--home DIR]
-        [--questions 48]
+    python bench/apps.py [--only recommend digits support finance support-generate support-oos] [--home DIR]
+        [--questions 48] [--data DIR]
 
 - recommend: popularity, BPR-MF and two-tower on MovieLens-100k (leave-last-out, full ranking),
   and the two-tower package with int8 embedding tables; checks the target (two-tower NDCG@10
   >= 1.3x popularity and above BPR-MF).
 - digits: the MNIST-5k CNN, then the recipe's compression (magnitude pruning to 50% sparsity,
   ONNX export, dynamic int8), each package evaluated on the test split.
-- support / finance: the BANKING77 intent and Financial PhraseBank sentiment recipes.
+- support / finance: the BANKING77 intent and Financial PhraseBank sentiment recipes; support
+  then runs support-oos.
+- support-oos: out-of-scope detection on BANKING77 under the open-intent protocol (25/50/75% of
+  the intents known, three seeds), each score against the softmax threshold (bench/open_intent.py).
 - support-generate (not run by default): the support recipe's FAQ answered by SmolLM2-135M-Instruct
   from the top retrieved entries against the nearest answer verbatim, on ``--questions`` held-out
   paraphrases (ROUGE-L and key facts; see bench/support_answers.py for the protocol).
@@ -25,11 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from open_intent import bench_open_intent
 from support_answers import bench_support_generate
 
 ROOT = Path(__file__).resolve().parents[1]
 APPS = ("recommend", "digits", "support", "finance")
-SECTIONS = (*APPS, "support-generate")
+SECTIONS = (*APPS, "support-generate", "support-oos")
 
 
 def run_recipe(name: str, home: Path, *overrides: str) -> tuple[Any, float]:
@@ -149,15 +153,21 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(APPS))
     parser.add_argument("--questions", type=int, default=48, help="held-out questions of support-generate")
     parser.add_argument("--home", type=Path, default=None, help="where runs go (default: a temporary folder)")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="holds banking77/")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = args.home or Path(tmp)
         sections = {
             "recommend": lambda: bench_recommend(home),
             "digits": lambda: bench_digits(home),
-            "support": lambda: bench_classifier("support", "Customer-service intent: BANKING77", home),
+            "support": lambda: [
+                *bench_classifier("support", "Customer-service intent: BANKING77", home),
+                "",
+                *bench_open_intent(home, args.data),
+            ],
             "finance": lambda: bench_classifier("finance", "Financial news sentiment: Financial PhraseBank", home),
             "support-generate": lambda: bench_support_generate(home, count=args.questions),
+            "support-oos": lambda: bench_open_intent(home, args.data),
         }
         for app in args.only:
             print("\n".join(sections[app]()), flush=True)
