@@ -379,7 +379,7 @@ def _has_entries_slot(template: str) -> str:
 
 class OutOfScopeConfig(Section):
     # Score of how unlike every known intent a message is (kiln.runtime.outofscope.METHODS).
-    method: Literal["msp", "energy", "mahalanobis", "knn"] = "mahalanobis"
+    method: Literal["msp", "energy", "mahalanobis", "knn"] = "knn"
     # handoff: hand off at most max_inscope_handoff of in-scope validation messages;
     # f1: the threshold with the best out-of-scope F1 on validation (pseudo-unknown intents and examples_file).
     objective: Literal["handoff", "f1"] = "handoff"
