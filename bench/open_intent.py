@@ -35,7 +35,9 @@ import numpy as np
 
 RATIOS = (0.25, 0.5, 0.75)
 SEEDS = (0, 1, 2)
-METHODS = ("msp", "energy", "mahalanobis", "knn")
+# (row name, method, k): knn at the default k = 1 and at k = 10.
+METHODS = (("msp", "msp", 1), ("energy", "energy", 1), ("mahalanobis", "mahalanobis", 1), ("knn", "knn", 1),
+           ("knn, k=10", "knn", 10))  # fmt: skip
 MAX_INSCOPE_HANDOFF = 0.10
 
 
@@ -93,8 +95,8 @@ def _one_split(
     test = scored(embedded["test"], remap[labels["test"]])  # -1: an unknown intent, out of scope
     far = scored(embedded["far"], np.full(len(embedded["far"]), -1))
     out = {}
-    for method in METHODS:
-        cfg = OutOfScopeConfig(method=method, max_inscope_handoff=MAX_INSCOPE_HANDOFF)
+    for method, kind, k in METHODS:
+        cfg = OutOfScopeConfig(method=kind, k=k, max_inscope_handoff=MAX_INSCOPE_HANDOFF)
         fitted = calibrate(cfg, train=train, validation=val, examples=None, seed=seed)
         test_oos = fitted.scorer.score(test.logits, test.embeddings) > fitted.threshold
         far_oos = fitted.scorer.score(far.logits, far.embeddings) > fitted.threshold
