@@ -138,6 +138,7 @@ def plain_app(package: Path, *, threads: int, batch_size: int, wait_ms: float) -
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(package / "tokenizer.json"), padding_side="left")
     tokenizer.pad_token_id = eos
     busy = [0]
+    active: set[threading.Event] = set()  # the client-gone flags of requests in flight
 
     class Cancelled(StoppingCriteria):
         def __init__(self, flags: list[threading.Event]) -> None:
@@ -157,6 +158,7 @@ def plain_app(package: Path, *, threads: int, batch_size: int, wait_ms: float) -
             busy[0] -= 1
 
     def sse(pieces: Any, gone: threading.Event) -> Any:
+        active.add(gone)
         try:
             for text in pieces:
                 if text:
@@ -164,6 +166,7 @@ def plain_app(package: Path, *, threads: int, batch_size: int, wait_ms: float) -
             yield "data: [DONE]\n\n"
         finally:
             gone.set()
+            active.discard(gone)
 
     def cancelled(flags: list[threading.Event]) -> StoppingCriteriaList:
         return StoppingCriteriaList([Cancelled(flags)])
@@ -183,6 +186,15 @@ def plain_app(package: Path, *, threads: int, batch_size: int, wait_ms: float) -
         kwargs["stopping_criteria"] = cancelled([gone])
         threading.Thread(target=generate, kwargs=kwargs, daemon=True).start()
         return StreamingResponse(sse(streamer, gone), media_type="text/event-stream")
+
+    @app.post("/reset")
+    def reset() -> dict[str, int]:
+        # The bench cuts clients off at a window's end; a sync streaming response only sees that
+        # at its next piece, so it is told here, and the generations stop at their next step.
+        flags = list(active)
+        for gone in flags:
+            gone.set()
+        return {"cancelled": len(flags)}
 
     @app.get("/busy")
     def is_busy() -> dict[str, int]:
@@ -339,6 +351,7 @@ class Server:
     def settle(self) -> None:
         """Wait until the server generates nothing (the plain ones go on after a client leaves)."""
         if self.label.startswith(("plain", "static")):
+            httpx.post(self.base + "/reset", timeout=10)
             deadline = time.monotonic() + 120
             while httpx.get(self.base + "/busy", timeout=10).json()["generating"] and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -726,6 +739,7 @@ def main() -> None:
         default=["plain", "static", "llama"],
         help="peers measured beside kiln",
     )
+    parser.add_argument("--static", help="THREADS:SIZE:WAIT_MS of the static batcher, instead of tuning it")
     parser.add_argument("--kiln-max-sequences", type=int, default=64)
     parser.add_argument(
         "--kiln-threads", type=int, nargs="+", default=[0, 1], help="kiln's num_threads (0: its default, auto)"
@@ -763,7 +777,10 @@ def main() -> None:
     prompts = [fp32.render([{"role": "user", "content": q}]) for q in questions(args.prompts)]
     count = _counter(fp32)
     static = (args.threads[0], 16, 20.0)
-    if not args.quick and "static" in args.servers:
+    if args.static:
+        threads, size, wait = args.static.split(":")
+        static = (int(threads), int(size), float(wait))
+    elif not args.quick and "static" in args.servers:
         static = tune_static(next(iter(built.values())), prompts, args, count)
     print(
         f"\n## Closed loop: {args.new_tokens} tokens at most, greedy, {args.warmup_s:g} s warm-up + "
