@@ -654,6 +654,7 @@ def soak(server: Server, prompts: list[str], args: argparse.Namespace) -> None:
         samples.append((0.0, server.rss_mib()))
         while not stop.wait(every):
             samples.append((time.perf_counter() - began, server.rss_mib()))
+            print(f"soak {samples[-1][0]:.0f} s: RSS {samples[-1][1]:.0f} MiB", flush=True)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
