@@ -9,6 +9,7 @@ key instead of an ``OFFSET`` so that page N costs what page 1 costs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -42,21 +44,28 @@ def _alias_list() -> Any:
     )
 
 
+@functools.cache
+def _resolve_statement(is_latest: bool) -> Select[Any]:
+    # Built once: making the statement costs more Python time than the database takes to run it.
+    query = select(VersionRow, ModelRow.name, ModelRow.stamp, _alias_list()).join(
+        ModelRow, ModelRow.id == VersionRow.model_id
+    )
+    if is_latest:
+        return query.where(ModelRow.name == bindparam("model")).order_by(VersionRow.number.desc()).limit(1)
+    return query.join(AliasRow, AliasRow.version_id == VersionRow.id).where(
+        ModelRow.name == bindparam("model"), AliasRow.model_id == ModelRow.id,
+        AliasRow.name == bindparam("alias"),
+    )
+
+
 def resolve(s: Session, model: str, alias: str) -> tuple[VersionRow, str, int, tuple[str, ...]] | None:
     """One query: the version ``model@alias`` (``latest``: the highest number) points at.
 
     Returns the row, the model name, the model's stamp and the version's aliases, or None.
     """
-    query = select(VersionRow, ModelRow.name, ModelRow.stamp, _alias_list()).join(
-        ModelRow, ModelRow.id == VersionRow.model_id
-    )
-    if alias == LATEST:
-        query = query.where(ModelRow.name == model).order_by(VersionRow.number.desc()).limit(1)
-    else:
-        query = query.join(AliasRow, AliasRow.version_id == VersionRow.id).where(
-            ModelRow.name == model, AliasRow.model_id == ModelRow.id, AliasRow.name == alias
-        )
-    found = s.execute(query).one_or_none()
+    is_latest = alias == LATEST
+    params = {"model": model} if is_latest else {"model": model, "alias": alias}
+    found = s.execute(_resolve_statement(is_latest), params).one_or_none()
     if found is None:
         return None
     row, name, stamp, names = found
