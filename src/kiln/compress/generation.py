@@ -37,13 +37,15 @@ GenerationStep = Callable[[Path, dict[str, Any], Path, CompressConfig, Examples]
 def quantize_int8(
     parent: Path, parent_manifest: dict[str, Any], dest: Path, cfg: QuantizeConfig, examples: Examples
 ) -> dict[str, Any]:
-    """int8 weights for every ``nn.Linear`` (the output head too), activations quantized per call.
+    """int8 weights for every ``nn.Linear`` (the output head too), activations quantized per token.
 
     ``torch.ao`` dynamic int8 Linear runs fbgemm's int8 kernels on x86; at batch 1 a decode step
     reads a quarter of the bytes of fp32 for its matrices. The embedding stays fp32 (a lookup).
     Before quantizing, SmoothQuant (``quantize.smooth_alpha``, ``kiln.compress.smoothing``)
-    rescales the model on ``quantize.calibration_samples`` training texts; on CPUs with VNNI or
-    AMX the activations take all 8 bits (``kiln.runtime.quantized.FullRangeDynamicLinear``).
+    rescales the model on ``quantize.calibration_samples`` training texts. Each token's
+    activations get their own scale (``kiln.runtime.quantized.PerTokenDynamicLinear``), so a
+    scored row or a prompt is quantized as a decode step quantizes its one token; on CPUs with
+    VNNI or AMX they take all 8 bits.
 
     Raises:
         CompressError: smoothing is on and there is no training text to calibrate on.
@@ -66,13 +68,14 @@ def quantize_int8(
         calibration_rows, _ = scoring_rows(teacher, calibration, sequence_length=length)
         smoothed = smooth_activations(teacher.model, calibration_rows, alpha=cfg.smooth_alpha)
     full_range = has_int8_dot_product()
-    model = quantize_linear_dynamic(teacher.model, per_channel=cfg.per_channel, full_range=full_range)
+    model = quantize_linear_dynamic(teacher.model, per_channel=cfg.per_channel, full_range=full_range, per_token=True)
     settings = {
         "per_channel": cfg.per_channel,
         "method": TORCH_INT8_METHOD,
         "smooth_alpha": cfg.smooth_alpha,
         "calibration_samples": len(calibration) if cfg.smooth_alpha > 0 else 0,
         "full_range_activations": full_range,
+        "per_token_activations": True,
     }
     metrics = perplexity_metrics(parent_nll, _perplexity(_with_model(teacher, model), rows))
     metrics["smoothed_layers"] = smoothed

@@ -5,9 +5,10 @@ The weights file holds, for each quantized ``nn.Linear`` called ``name``, the te
 ``name.weight_zero_point`` (int64) and ``name.bias`` (float32); everything else stays float.
 Loading builds the float model, quantizes the listed modules with
 ``torch.ao.quantization.quantize_dynamic`` and installs the stored int8 weights exactly, so the
-package needs no pickle. A manifest with ``full_range_activations`` is rebuilt with
-``FullRangeDynamicLinear`` (8-bit activations) on CPUs with int8 dot products, with fbgemm's
-7-bit default elsewhere. ``torch.ao.quantization`` is deprecated in favour of torchao
+package needs no pickle. A manifest with ``per_token_activations`` is rebuilt with
+``PerTokenDynamicLinear`` (one activation scale per token); one with ``full_range_activations``
+gets 8-bit activations on CPUs with int8 dot products (``FullRangeDynamicLinear`` when the scale
+is per call), fbgemm's 7 bits elsewhere. ``torch.ao.quantization`` is deprecated in favour of torchao
 (https://github.com/pytorch/ao/issues/2259); Kiln uses it because torchao's current wheels do not
 load their native extensions under Python 3.11 here and, once installed, are imported by
 transformers on every model build.
@@ -45,6 +46,65 @@ class FullRangeDynamicLinear(DynamicLinear):
         return y.to(x.dtype)
 
 
+class PerTokenDynamicLinear(DynamicLinear):
+    """A dynamic int8 Linear with one activation scale per token rather than one per call.
+
+    One token (a decode step at batch 1) goes through fbgemm's kernel, whose per-call scale is
+    then a per-token one. Several tokens (a prompt, a scored row, a batch of sequences) are
+    quantized row by row (asymmetric, ``levels`` steps from each row's min to max, zero kept
+    exact, as fbgemm picks its scale) and multiplied by ``torch._int_mm`` with 32-bit sums, so a
+    token with an outlier no longer coarsens every other token's activations (the per-token
+    scales of LLM.int8(), Dettmers et al. 2022, arXiv:2208.07339; ZeroQuant, Yao et al. 2022,
+    arXiv:2206.01861). ``levels`` is 255 where the CPU has int8 dot products (VNNI, AMX) and 127
+    elsewhere, where fbgemm's 16-bit sums need 7-bit activations.
+    """
+
+    levels = 255
+
+    def set_weight_bias(self, w: torch.Tensor, b: torch.Tensor | None) -> None:
+        super().set_weight_bias(w, b)
+        if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            scale, zero = w.q_per_channel_scales().float(), w.q_per_channel_zero_points()
+        else:
+            scale = torch.full((w.shape[0],), w.q_scale(), dtype=torch.float32)
+            zero = torch.full((w.shape[0],), w.q_zero_point(), dtype=torch.int64)
+        weight = w.int_repr()
+        if bool(zero.ne(0).any()):
+            raise ValueError("per-token int8 Linear needs symmetric weights (zero points 0)")
+        self._int8_weight_t = weight.t()  # [in, out] view, as torch._int_mm takes it
+        self._weight_sums = weight.sum(dim=1, dtype=torch.int32)  # per output channel, for the zero points
+        self._weight_scale = scale
+        self._bias = None if b is None else b.detach().float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] == 1:
+            y = torch.ops.quantized.linear_dynamic(
+                rows, self._packed_params._packed_params, reduce_range=self.levels < 255
+            )
+        else:
+            y = self._per_token(rows.float())
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def _per_token(self, rows: torch.Tensor) -> torch.Tensor:
+        low = rows.amin(dim=1, keepdim=True).clamp(max=0.0)
+        high = rows.amax(dim=1, keepdim=True).clamp(min=0.0)
+        scale = ((high - low) / self.levels).clamp(min=torch.finfo(torch.float32).tiny)
+        zero = torch.round(-low / scale)  # in [0, levels]: the row's zero, exactly representable
+        # Shifted by 128 into int8, the range torch._int_mm takes; the shift moves into the zero point.
+        quantized = (torch.round(rows / scale) + zero).clamp_(0, self.levels).sub_(128).to(torch.int8)
+        sums = torch._int_mm(quantized, self._int8_weight_t)
+        sums = sums - (zero - 128).to(torch.int32) * self._weight_sums
+        y = sums.float() * scale * self._weight_scale
+        return y if self._bias is None else y + self._bias
+
+
+class PerTokenSevenBitLinear(PerTokenDynamicLinear):
+    """``PerTokenDynamicLinear`` with 7-bit activations, for CPUs without int8 dot products."""
+
+    levels = 127
+
+
 @functools.cache
 def has_int8_dot_product() -> bool:
     """Whether this CPU multiplies int8 with 32-bit accumulation (VNNI or AMX; Linux flags)."""
@@ -55,13 +115,16 @@ def has_int8_dot_product() -> bool:
     return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
-def quantize_linear_dynamic(model: nn.Module, *, per_channel: bool, full_range: bool = False) -> nn.Module:
+def quantize_linear_dynamic(
+    model: nn.Module, *, per_channel: bool, full_range: bool = False, per_token: bool = False
+) -> nn.Module:
     """Dynamic int8 quantization of every ``nn.Linear`` (weights int8, activations at run time).
 
-    ``full_range`` quantizes activations to 8 bits (``FullRangeDynamicLinear``); only for CPUs
-    where ``has_int8_dot_product()``.
+    ``full_range`` quantizes activations to 8 bits rather than 7; only for CPUs where
+    ``has_int8_dot_product()``. ``per_token`` gives each token its own activation scale
+    (``PerTokenDynamicLinear``) rather than one per call.
     """
-    return _quantize(model, {nn.Linear}, per_channel=per_channel, full_range=full_range)
+    return _quantize(model, {nn.Linear}, per_channel=per_channel, full_range=full_range, per_token=per_token)
 
 
 def int8_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -101,7 +164,10 @@ def quantization_entry(model: nn.Module) -> dict[str, Any] | None:
         "per_channel": weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric),
         "modules": [name for name, _ in modules],
     }
-    if isinstance(modules[0][1], FullRangeDynamicLinear):
+    first = modules[0][1]
+    if isinstance(first, PerTokenDynamicLinear):
+        entry["per_token_activations"] = True
+    if isinstance(first, FullRangeDynamicLinear) or getattr(first, "levels", 0) == 255:
         entry["full_range_activations"] = True
     return entry
 
@@ -129,7 +195,13 @@ def load_int8_model(
     if full_range and not has_int8_dot_product():
         log.warning("%s: this CPU has no VNNI or AMX; its int8 activations keep 7 bits, not 8", folder)
         full_range = False
-    qmodel = _quantize(model, set(names), per_channel=bool(quantization["per_channel"]), full_range=full_range)
+    qmodel = _quantize(
+        model,
+        set(names),
+        per_channel=bool(quantization["per_channel"]),
+        full_range=full_range,
+        per_token=bool(quantization.get("per_token_activations", False)),
+    )
     modules = dict(qmodel.named_modules())
     for name in names:
         try:
@@ -146,11 +218,16 @@ def load_int8_model(
     return qmodel
 
 
-def _quantize(model: nn.Module, spec: set[Any], *, per_channel: bool, full_range: bool) -> nn.Module:
+def _quantize(model: nn.Module, spec: set[Any], *, per_channel: bool, full_range: bool, per_token: bool) -> nn.Module:
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
 
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-    mapping = {nn.Linear: FullRangeDynamicLinear} if full_range else None
+    linear: type[DynamicLinear] | None = None
+    if per_token:
+        linear = PerTokenDynamicLinear if full_range else PerTokenSevenBitLinear
+    elif full_range:
+        linear = FullRangeDynamicLinear
+    mapping = {nn.Linear: linear} if linear is not None else None
     with warnings.catch_warnings():
         # Deprecation of torch.ao.quantization is recorded in the package's notes instead.
         warnings.simplefilter("ignore", DeprecationWarning)
