@@ -149,6 +149,7 @@ def test_each_step_records_lineage_to_its_parent(parent: Path, tmp_path: Path) -
         "smooth_alpha": 0.8,
         "calibration_samples": len(EXAMPLES.train_inputs),
         "full_range_activations": has_int8_dot_product(),
+        "per_token_activations": True,
     }
     # The second step's parent is the student: its perplexity is the one the first step measured.
     assert second["metrics"]["parent_perplexity"] == pytest.approx(first["metrics"]["perplexity"], rel=1e-6)
