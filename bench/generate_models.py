@@ -149,19 +149,20 @@ def compression_section(args: argparse.Namespace, work: Path) -> None:
         args.model == "auto" and importlib.util.find_spec("kiln.runtime.pretrained_lm") is not None
     )
     start = time.perf_counter()
-    packages = {"fp32": work / "fp32", "int8": work / "int8" / "01-quantize-torch", "bf16": work / "bf16" / "01-cast"}
-    if not all((path / "kiln.json").exists() for path in packages.values()):
+    built = {"fp32": work / "fp32", "int8": work / "int8" / "01-quantize-torch", "bf16": work / "bf16" / "01-cast"}
+    if not all((path / "kiln.json").exists() for path in built.values()):
         if use_smollm2:
-            smollm2_package(packages["fp32"], args.eval_docs)
+            smollm2_package(built["fp32"], args.eval_docs)
         else:
-            gpt_package(packages["fp32"], args.eval_docs)
+            gpt_package(built["fp32"], args.eval_docs)
         cfg = CompressConfig.parse({"eval_samples": args.eval_docs, "cast": {"dtype": "bf16"}}, source="bench")
         for step, label in (("quantize-torch", "int8"), ("cast", "bf16")):
-            kiln.compress.run(packages["fp32"], output_dir=work / label, config=cfg, steps=[step])
+            kiln.compress.run(built["fp32"], output_dir=work / label, config=cfg, steps=[step])
         print(f"packages built and scored in {time.perf_counter() - start:.0f} s")
+    packages = {label: path for label, path in built.items() if label in ("fp32", *args.timed)}
     perplexity = {}
     for label in ("int8", "bf16"):
-        metrics = read_manifest(packages[label])["metrics"]
+        metrics = read_manifest(built[label])["metrics"]
         perplexity["fp32"], perplexity[label] = metrics["parent_perplexity"], metrics["perplexity"]
         scored = metrics["scored_tokens"]
     if args.build_only:
@@ -192,8 +193,10 @@ def compression_section(args: argparse.Namespace, work: Path) -> None:
             f"{perplexity[label] / perplexity['fp32'] - 1:+.2%} | {size:.1f} |"
         )
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    decode_loop_section(args, generators["fp32"])
-    profile_section({"fp32": generators["fp32"].model, "int8": generators["int8"].model}, generators["fp32"])
+    if "loop" in args.sections:
+        decode_loop_section(args, generators["fp32"])
+    if "profile" in args.sections and "int8" in generators:
+        profile_section({"fp32": generators["fp32"].model, "int8": generators["int8"].model}, generators["fp32"])
 
 
 def bare_decode_s(model: Any, prompt_ids: Any, new_tokens: int) -> float:
@@ -263,6 +266,10 @@ def main() -> None:
     parser.add_argument("--eval-docs", type=int, default=32, help="validation documents scored for perplexity")
     parser.add_argument("--work", type=Path, default=None, help="folder of the packages, reused when they are there")
     parser.add_argument("--build-only", action="store_true", help="build and score the packages, time nothing")
+    both = ["int8", "bf16"]
+    parser.add_argument("--timed", nargs="+", choices=both, default=both, help="packages timed beside fp32")
+    sections = ["loop", "profile"]
+    parser.add_argument("--sections", nargs="+", choices=sections, default=sections, help="sections 2 and 3 to run")
     args = parser.parse_args()
 
     import torch
