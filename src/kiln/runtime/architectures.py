@@ -191,10 +191,13 @@ def mean_pooling_classifier_class(model_type: str) -> type[PreTrainedModel]:
             if takes_token_types:
                 kwargs["token_type_ids"] = token_type_ids
             encoder = getattr(self, prefix)
-            hidden = encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+            out = encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            hidden = out.last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-            return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
+            # hidden_states when asked (output_hidden_states=True), as the library's heads return them.
+            logits = self.classifier(self.dropout(pooled))
+            return SequenceClassifierOutput(logits=logits, hidden_states=out.hidden_states)
 
     name = "MeanPooling" + encoder_class.__name__.removesuffix("Model") + "ForSequenceClassification"
     MeanPoolingForSequenceClassification.__name__ = MeanPoolingForSequenceClassification.__qualname__ = name
