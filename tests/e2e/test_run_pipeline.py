@@ -137,9 +137,12 @@ def test_run_killed_after_training_resumes_without_retraining(tmp_path: Path, ho
     for step in ("train", "onnx"):
         assert f"latency {step}: p99 " in again.stderr  # latency is timed again in every run
     assert "run: none (every package was already registered)" in again.stdout
-    assert "already is production" in again.stdout
+    # The torch package and its ONNX export score the same accuracy, so the p99 latency timed in
+    # this run breaks the tie: production stays or moves between the two, and nothing new is made.
+    assert "already is production" in again.stdout or "promoted to production" in again.stdout
     with Registry() as registry:
         assert len(registry.list_versions("tiny-text")) == 2
+        assert registry.get_version("tiny-text@production").version in (1, 2)
 
 
 def _digits_recipe(tmp_path: Path, rules: list[str]) -> Path:
