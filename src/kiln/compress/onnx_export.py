@@ -240,6 +240,8 @@ def _logits_module(model: Any) -> Any:
     import torch
     from transformers import PreTrainedModel
 
+    from kiln.runtime.architectures import masked_mean
+
     is_hf = isinstance(model, PreTrainedModel)
 
     class LogitsOnly(torch.nn.Module):
@@ -251,9 +253,7 @@ def _logits_module(model: Any) -> Any:
             if is_hf:
                 input_ids, attention_mask = inputs
                 out = self.inner(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-                mask = attention_mask.unsqueeze(-1).to(out.hidden_states[-1].dtype)
-                pooled = (out.hidden_states[-1] * mask).sum(1) / mask.sum(1).clamp(min=1)
-                return out.logits, pooled
+                return out.logits, masked_mean(out.hidden_states[-1], attention_mask)
             return self.inner(*inputs)
 
     return LogitsOnly().eval()

@@ -192,9 +192,7 @@ def mean_pooling_classifier_class(model_type: str) -> type[PreTrainedModel]:
                 kwargs["token_type_ids"] = token_type_ids
             encoder = getattr(self, prefix)
             out = encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-            hidden = out.last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            pooled = masked_mean(out.last_hidden_state, attention_mask)
             # hidden_states when asked (output_hidden_states=True), as the library's heads return them.
             logits = self.classifier(self.dropout(pooled))
             return SequenceClassifierOutput(logits=logits, hidden_states=out.hidden_states)
@@ -202,6 +200,12 @@ def mean_pooling_classifier_class(model_type: str) -> type[PreTrainedModel]:
     name = "MeanPooling" + encoder_class.__name__.removesuffix("Model") + "ForSequenceClassification"
     MeanPoolingForSequenceClassification.__name__ = MeanPoolingForSequenceClassification.__qualname__ = name
     return MeanPoolingForSequenceClassification
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of ``hidden`` [batch, tokens, dim] over each row's real tokens (mask 1)."""
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 def logits_of(model: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:

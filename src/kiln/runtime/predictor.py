@@ -75,61 +75,56 @@ class TorchEngine:
         if self.threads is not None and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
 
+    def _tensors(self, features: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The features as tensors on the model's device; float ones in the model's dtype (a model
+        cast to fp16/bf16 needs its float inputs in that dtype too)."""
+        import torch
+
+        dtype = next(self.model.parameters()).dtype
+        return {
+            k: torch.from_numpy(v).to(self.device, dtype if v.dtype.kind == "f" else None)
+            for k, v in features.items()
+        }
+
     def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
         from kiln.runtime.architectures import logits_of
 
         self._set_threads()
-        # A model cast to fp16/bf16 needs its float inputs in that dtype too.
-        dtype = next(self.model.parameters()).dtype
         with torch.inference_mode():
-            tensors = {
-                k: torch.from_numpy(v).to(self.device, dtype if v.dtype.kind == "f" else None)
-                for k, v in features.items()
-            }
-            return logits_of(self.model, tensors).float().cpu().numpy()
+            return logits_of(self.model, self._tensors(features)).float().cpu().numpy()
 
     def logits_and_embedding(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits and the last layer's mean over real tokens, from one forward pass (None: no tokens)."""
         import torch
 
-        from kiln.runtime.architectures import logits_of
+        from kiln.runtime.architectures import logits_of, masked_mean
 
         self._set_threads()
-        dtype = next(self.model.parameters()).dtype
         with torch.inference_mode():
-            tensors = {
-                k: torch.from_numpy(v).to(self.device, dtype if v.dtype.kind == "f" else None)
-                for k, v in features.items()
-            }
+            tensors = self._tensors(features)
             if "input_ids" not in tensors or not hasattr(self.model, "config"):
                 return logits_of(self.model, tensors).float().cpu().numpy(), None
             out = self.model(**tensors, output_hidden_states=True)
-            hidden = out.hidden_states[-1]
-            mask = tensors["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            pooled = masked_mean(out.hidden_states[-1], tensors["attention_mask"])
             return out.logits.float().cpu().numpy(), pooled.float().cpu().numpy()
 
     def embed(self, features: dict[str, np.ndarray]) -> np.ndarray | None:
         """The encoder's pooled representation (mean over real tokens, or CNN features), or None."""
         import torch
 
+        from kiln.runtime.architectures import masked_mean
+
         self._set_threads()
-        dtype = next(self.model.parameters()).dtype
         with torch.inference_mode():
-            tensors = {
-                k: torch.from_numpy(v).to(self.device, dtype if v.dtype.kind == "f" else None)
-                for k, v in features.items()
-            }
+            tensors = self._tensors(features)
             if "pixel_values" in tensors and hasattr(self.model, "features"):
                 return self.model.features(tensors["pixel_values"]).flatten(1).float().cpu().numpy()
             base = getattr(self.model, getattr(self.model, "base_model_prefix", ""), None)
             if base is None or "input_ids" not in tensors:
                 return None
-            hidden = base(**tensors).last_hidden_state
-            mask = tensors["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            pooled = masked_mean(base(**tensors).last_hidden_state, tensors["attention_mask"])
             return pooled.float().cpu().numpy()
 
 

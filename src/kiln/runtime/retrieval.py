@@ -37,6 +37,8 @@ class SentenceEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length embeddings, shape (len(texts), hidden)."""
+        from kiln.runtime.architectures import masked_mean
+
         torch = self._torch
         out = []
         for start in range(0, len(texts), self.batch_size):
@@ -44,8 +46,7 @@ class SentenceEncoder:
             ids, mask = torch.from_numpy(batch["input_ids"]), torch.from_numpy(batch["attention_mask"])
             with torch.inference_mode():
                 hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+            pooled = masked_mean(hidden, mask)
             out.append(torch.nn.functional.normalize(pooled, dim=1).numpy())
         return np.concatenate(out).astype(np.float32)
 
