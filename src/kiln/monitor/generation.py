@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 GENERATIONS = "generations"  # the log's folder of generation records
@@ -40,22 +40,8 @@ class LoggedGeneration:
 
 
 def generation_row(record: Any) -> LoggedGeneration:
-    """A ``GenerationRecord`` (from the server) as a logged row."""
-    return LoggedGeneration(
-        timestamp=record.timestamp,
-        model=record.model,
-        version=record.version,
-        package_digest=record.package_digest,
-        request_id=record.request_id,
-        kind=record.kind,
-        prompt=record.prompt,
-        output=record.output,
-        prompt_tokens=record.prompt_tokens,
-        output_tokens=record.output_tokens,
-        ttft_s=record.ttft_s,
-        latency_s=record.latency_s,
-        finish_reason=record.finish_reason,
-    )
+    """A ``GenerationRecord`` (from the server) as a logged row (the two share their fields)."""
+    return LoggedGeneration(**{f.name: getattr(record, f.name) for f in fields(LoggedGeneration)})
 
 
 def generation_columns(row: LoggedGeneration) -> dict[str, Any]:

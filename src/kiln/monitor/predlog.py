@@ -27,6 +27,7 @@ from kiln.monitor.feedback import Feedback, FeedbackStore
 from kiln.monitor.generation import (
     GENERATIONS,
     GenerationWindows,
+    LoggedGeneration,
     generation_columns,
     generation_row,
     rows_from_generations,
@@ -122,9 +123,8 @@ class PredictionLog:
 
         rows = []
         for path in sorted(self.folder.glob(f"{GENERATIONS}/part-*.parquet")):
-            table = pq.read_table(path)
-            texts = [c for c in ("prompt", "output") if c in table.column_names]
-            rows += rows_from_generations(table.drop_columns(texts).to_pandas())
+            columns = [c for c in pq.read_schema(path).names if c not in ("prompt", "output")]
+            rows += rows_from_generations(pq.read_table(path, columns=columns).to_pandas())
         for row in sorted(rows, key=lambda r: r.timestamp):
             self.generations.add(row)
         return len(rows)
@@ -148,8 +148,13 @@ class PredictionLog:
         records = _drain(self._pending)
         aged = self.feedback.prune()
         feedback = self.feedback.drain()
-        generated = [generation_row(r) for r in records if getattr(r, "log_kind", PREDICTIONS) == GENERATIONS]
-        rows = [row for r in records if getattr(r, "log_kind", PREDICTIONS) != GENERATIONS for row in _rows_of(r)]
+        generated: list[LoggedGeneration] = []
+        rows: list[LoggedInput] = []
+        for record in records:
+            if getattr(record, "log_kind", PREDICTIONS) == GENERATIONS:
+                generated.append(generation_row(record))
+            else:
+                rows += _rows_of(record)
         for generation in generated:
             self.generations.add(generation)
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from kiln.monitor.generation import GenerationWindows, LoggedGeneration
@@ -80,18 +81,5 @@ def test_a_restarted_log_keeps_each_versions_reference_window(tmp_path: Path) ->
 
 
 def _record(row: LoggedGeneration) -> GenerationRecord:
-    return GenerationRecord(
-        model=row.model,
-        version=row.version,
-        package_digest=row.package_digest,
-        request_id=row.request_id,
-        kind=row.kind,
-        prompt=[{"role": "user", "content": f"hi {row.prompt_tokens}"}],
-        output="an answer",
-        prompt_tokens=row.prompt_tokens,
-        output_tokens=row.output_tokens,
-        ttft_s=row.ttft_s,
-        latency_s=row.latency_s,
-        finish_reason=row.finish_reason,
-        timestamp=row.timestamp,
-    )
+    prompt = [{"role": "user", "content": f"hi {row.prompt_tokens}"}]
+    return GenerationRecord(**{**asdict(row), "prompt": prompt, "output": "an answer"})

@@ -288,7 +288,7 @@ class GenerationEngine:
         now = self.clock()
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
-            ends = {sid: "cancelled" for sid in cancelled}
+            ends: dict[int, EndReason] = {sid: "cancelled" for sid in cancelled}
             for sequence in [*self._waiting, *self._prefilling, *self._running.values()]:
                 if sequence.id not in ends and sequence.deadline is not None and now >= sequence.deadline:
                     ends[sequence.id] = "timeout"
@@ -302,11 +302,10 @@ class GenerationEngine:
         self._batch.leave(gone)
         dropped += [self._running.pop(sid) for sid in gone]
         for sequence in dropped:
-            reason: EndReason = "timeout" if ends[sequence.id] == "timeout" else "cancelled"
-            if reason == "timeout":
+            if ends[sequence.id] == "timeout":
                 self.hooks.timed_out()
             self._release(sequence, now)
-            events.append((sequence.id, sequence.end(now, reason)))
+            events.append((sequence.id, sequence.end(now, ends[sequence.id])))
 
     def _admit(self) -> None:
         with self._lock:
