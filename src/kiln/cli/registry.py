@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from kiln.registry import Lineage, Registry
     from kiln.registry.archives import ArchiveLimits
+    from kiln.registry.search import VersionQuery
 
 app = typer.Typer(help="The model registry: versions, aliases, lineage, artifacts.", no_args_is_help=True)
 alias_app = typer.Typer(help="Move aliases (production, staging, ...) and see their history.", no_args_is_help=True)
@@ -104,15 +105,21 @@ _FLAGS = {"tag": "--tag", "metric": "--metric", "task": "--task", "format": "--f
           "order_by": "--order-by", "limit": "--limit", "cursor": "--cursor", "model": "--model"}
 
 
-def _query_params(**fields: Any) -> dict[str, list[str]]:
-    """Search fields given on the command line, as ``kiln.registry.search.parse_query`` reads them."""
+def _search_query(**fields: Any) -> VersionQuery:
+    """The query of the search fields given on the command line; an error names the flag.
+
+    Fields left unset (None, False, an empty list) are left out, as ``parse_query`` expects.
+    """
+    from kiln.registry.search import parse_query
+
     params: dict[str, list[str]] = {}
     for name, value in fields.items():
         if value is None or value is False or value == []:
             continue
         values = value if isinstance(value, list) else [str(value).lower() if isinstance(value, bool) else str(value)]
         params[name] = values
-    return params
+    with _flag_errors():
+        return parse_query(params)
 
 
 @contextlib.contextmanager
@@ -147,16 +154,14 @@ def versions(
     desc: DescOption = False,
 ) -> None:
     """List a model's versions (all, or those the filters select) with aliases and metrics."""
-    from kiln.registry.search import MAX_PAGE_SIZE, parse_query
+    from kiln.registry.search import MAX_PAGE_SIZE
 
-    params = _query_params(
-        model=name, tag=tag, metric=metric, format=format_, created_after=created_after,
-        created_before=created_before, alias=alias, order_by=order_by, descending=desc,
-        limit=MAX_PAGE_SIZE,
-    )
     with user_errors(), _open(ctx) as registry:
-        with _flag_errors():
-            query = parse_query(params)
+        query = _search_query(
+            model=name, tag=tag, metric=metric, format=format_, created_after=created_after,
+            created_before=created_before, alias=alias, order_by=order_by, descending=desc,
+            limit=MAX_PAGE_SIZE,
+        )
         while True:
             page = registry.search(query)
             for v in page.versions:
@@ -184,16 +189,14 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print the page as JSON")] = False,
 ) -> None:
     """One page of versions across models; the last line gives the cursor of the next page."""
-    from kiln.registry.search import parse_query
-
-    params = _query_params(
-        model=model, tag=tag, metric=metric, task=task, format=format_, created_after=created_after,
-        created_before=created_before, alias=alias, order_by=order_by, descending=desc, limit=limit,
-        cursor=cursor,
-    )
     with user_errors(), _open(ctx) as registry:
+        query = _search_query(
+            model=model, tag=tag, metric=metric, task=task, format=format_, created_after=created_after,
+            created_before=created_before, alias=alias, order_by=order_by, descending=desc, limit=limit,
+            cursor=cursor,
+        )
         with _flag_errors():
-            page = registry.search(parse_query(params))
+            page = registry.search(query)
         if as_json:
             typer.echo(_dump(page))
             return

@@ -57,11 +57,6 @@ class AliasCache:
         self._lock = threading.Lock()
         self._hits = self._resolutions = self._revalidations = 0
 
-    @property
-    def max_age_s(self) -> float:
-        """The staleness bound, in seconds."""
-        return self._max_age_s
-
     def get(self, ref: str) -> ModelVersion:
         """The version ``ref`` names; ``name@N`` is read from the store, never cached.
 
@@ -90,15 +85,6 @@ class AliasCache:
             self._resolutions += 1
             self._entries[key] = resolution
             return resolution.version
-
-    def invalidate(self, model: str | None = None) -> None:
-        """Forget ``model``'s resolutions (every resolution when None), e.g. after a local write."""
-        with self._lock:
-            if model is None:
-                self._entries.clear()
-            else:
-                for key in [k for k in self._entries if k[0] == model]:
-                    del self._entries[key]
 
     def stats(self) -> CacheStats:
         """Counts of hits, resolution queries and stamp queries so far."""

@@ -18,7 +18,7 @@ from kiln.config.home import kiln_home
 from kiln.registry.artifacts import ArtifactStore
 from kiln.registry.domain import AliasMove, LineageEdge, Model, ModelVersion, Run
 from kiln.registry.errors import BadReferenceError
-from kiln.registry.references import LATEST, check_model_name, is_reference, parse_reference
+from kiln.registry.references import check_model_name, is_reference, parse_reference
 from kiln.registry.search import VersionPage, VersionQuery
 from kiln.registry.sql_store import SqlStore
 from kiln.registry.store import NewLineage, NewVersion, RegistryStore
@@ -166,9 +166,7 @@ class Registry:
         parsed = parse_reference(ref)
         if parsed.version is not None:
             return self.store.get_version(parsed.model, parsed.version)
-        if parsed.alias == LATEST:
-            return self.store.get_latest(parsed.model)
-        assert parsed.alias is not None
+        assert parsed.alias is not None  # an alias or ``latest``
         return self.store.get_alias(parsed.model, parsed.alias)
 
     def resolve(self, ref: str) -> Path:

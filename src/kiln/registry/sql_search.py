@@ -27,10 +27,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
+from kiln.registry.references import LATEST
 from kiln.registry.schema import AliasRow, ModelRow, VersionMetricRow, VersionRow, VersionTagRow
 from kiln.registry.search import ANY_ALIAS, CursorKey, MetricFilter, VersionQuery, decode_cursor, metric_values
-
-LATEST = "latest"
 
 
 def _alias_list() -> Any:

@@ -34,6 +34,7 @@ from kiln.registry.domain import (
     User,
 )
 from kiln.registry.errors import AuthError, ConflictError, NotFoundError, RegistryError
+from kiln.registry.references import LATEST
 from kiln.registry.schema import (
     AliasMoveRow,
     AliasRow,
@@ -323,15 +324,12 @@ class SqlStore(RegistryStore):
     def get_alias(self, model: str, alias: str) -> ModelVersion:
         return self.resolve_alias(model, alias).version
 
-    def get_latest(self, model: str) -> ModelVersion:
-        return self.resolve_alias(model, sql_search.LATEST).version
-
     def resolve_alias(self, model: str, alias: str) -> Resolution:
         with self._read() as s:
             found = sql_search.resolve(s, model, alias)
             if found is None:
                 m = self._model_row(s, model)  # no such model: say so
-                if alias == sql_search.LATEST:
+                if alias == LATEST:
                     raise NotFoundError(f"model {m.name!r} has no versions")
                 raise NotFoundError(f"model {model!r} has no alias {alias!r}")
             row, name, stamp, aliases = found
@@ -536,7 +534,7 @@ class SqlStore(RegistryStore):
 
 def _check_alias_name(alias: str) -> None:
     is_valid = alias.replace("-", "").replace("_", "").isalnum() and alias.isascii()
-    if not is_valid or alias.isdigit() or alias == "latest":
+    if not is_valid or alias.isdigit() or alias == LATEST:
         raise RegistryError(
             "alias must be letters, digits, '-' or '_', not a plain number and not 'latest', "
             f"got {alias!r}"

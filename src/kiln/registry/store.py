@@ -87,10 +87,6 @@ class RegistryStore(abc.ABC):
         """One version of ``model``."""
 
     @abc.abstractmethod
-    def get_latest(self, model: str) -> ModelVersion:
-        """The version of ``model`` with the highest number (one indexed query)."""
-
-    @abc.abstractmethod
     def search_versions(self, query: VersionQuery) -> VersionPage:
         """One page of the versions ``query`` selects, in its order."""
 
@@ -124,7 +120,7 @@ class RegistryStore(abc.ABC):
 
     @abc.abstractmethod
     def get_alias(self, model: str, alias: str) -> ModelVersion:
-        """The version ``alias`` points at."""
+        """The version ``alias`` (``latest``: the highest number) points at, in one query."""
 
     @abc.abstractmethod
     def resolve_alias(self, model: str, alias: str) -> Resolution:
