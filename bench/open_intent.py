@@ -75,6 +75,7 @@ def _one_split(
     from kiln.apps.outofscope import Scored, calibrate
     from kiln.apps.support import calibrate_threshold
     from kiln.config.schema import OutOfScopeConfig
+    from kiln.runtime.outofscope import softmax
 
     rng = np.random.default_rng(seed)
     known = np.sort(rng.choice(n_classes, size=round(ratio * n_classes), replace=False))
@@ -102,9 +103,9 @@ def _one_split(
         far_oos = fitted.scorer.score(far.logits, far.embeddings) > fitted.threshold
         out[method] = _metrics(test, test_oos, len(known)) | {"far_recall": float(far_oos.mean())}
     # Kiln's previous rule: the softmax threshold for 95% answered accuracy on validation.
-    val_probs, test_probs = _softmax(val.logits), _softmax(test.logits)
+    val_probs, test_probs = softmax(val.logits), softmax(test.logits)
     threshold = calibrate_threshold(val_probs.max(1), val_probs.argmax(1) == val.labels, 0.95)
-    far_probs = _softmax(far.logits)
+    far_probs = softmax(far.logits)
     out["msp, 95% answered accuracy"] = _metrics(test, test_probs.max(1) < threshold, len(known)) | {
         "far_recall": float((far_probs.max(1) < threshold).mean())
     }
@@ -191,9 +192,3 @@ def _encode(texts: list[str]) -> np.ndarray:
     from kiln.runtime.retrieval import SentenceEncoder
 
     return SentenceEncoder(resolve_pretrained("minilm-l6"), max_length=64).encode(texts)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return np.asarray(exp / exp.sum(axis=1, keepdims=True))

@@ -25,7 +25,6 @@ class ChatPackage:
     reference: str  # as the recipe gives it: name@alias, name@version or a folder
     source: str  # what the server loads when nobody serves it: the registry reference or the folder's absolute path
     name: str  # the name it is served under (the reference's name, else the package's own)
-    path: Path  # the package folder it resolved to when the support package was built
     digest: str  # that package's content digest
 
 
@@ -57,7 +56,6 @@ def resolve_chat_package(reference: str) -> ChatPackage:
         reference=reference,
         source=reference if is_registry else str(path.resolve()),
         name=name,
-        path=path.resolve(),
         digest=package_digest(manifest),
     )
 

@@ -23,6 +23,7 @@ import numpy as np
 from kiln.apps.outofscope import Scored, calibrate, handoff_rate
 from kiln.config.schema import OutOfScopeConfig, Recipe
 from kiln.errors import DataError
+from kiln.runtime.outofscope import softmax
 
 if TYPE_CHECKING:
     from kiln.data.splits import Split
@@ -74,7 +75,7 @@ def build_support_package(recipe: Recipe, classifier: Path, dest: Path) -> tuple
     dataset = kiln.data.run(recipe)
     examples = _out_of_scope_examples(cfg.out_of_scope, recipe.data.text_column)
     val = _scored(predictor, dataset.validation)
-    val_probs = _softmax(val.logits)
+    val_probs = softmax(val.logits)
     threshold = calibrate_threshold(
         val_probs.max(axis=1), val_probs.argmax(axis=1) == dataset.validation.labels, cfg.target_accuracy
     )
@@ -83,7 +84,7 @@ def build_support_package(recipe: Recipe, classifier: Path, dest: Path) -> tuple
         "threshold": threshold,
         "target_accuracy": cfg.target_accuracy,
         "validation": handoff_report(val_probs, dataset.validation.labels, threshold),
-        "test": handoff_report(_softmax(test.logits), dataset.test.labels, threshold),
+        "test": handoff_report(softmax(test.logits), dataset.test.labels, threshold),
     }
     calibration = None
     if cfg.out_of_scope is not None:
@@ -150,12 +151,6 @@ def _forward(predictor: Predictor, texts: list[str], batch_size: int = 64) -> tu
 def _scored(predictor: Predictor, split: Split) -> Scored:
     logits, embeddings = _forward(predictor, list(split.inputs))
     return Scored(logits, embeddings, np.asarray(split.labels))
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return np.asarray(exp / exp.sum(axis=1, keepdims=True))
 
 
 def _out_of_scope_examples(cfg: OutOfScopeConfig | None, text_column: str) -> list[str]:

@@ -15,7 +15,12 @@ from kiln.runtime.retrieval import Answer, FaqIndex
 
 def retrieve_entries(index: FaqIndex, text: str, *, top_k: int, min_score: float) -> list[Answer]:
     """The ``top_k`` nearest FAQ entries of ``text`` that score ``min_score`` or more, nearest first."""
-    return [entry for entry in index.search_top(text, top_k) if entry.score >= min_score]
+    return answering_entries(index.search_top(text, top_k), min_score=min_score)
+
+
+def answering_entries(nearest: Sequence[Answer], *, min_score: float) -> list[Answer]:
+    """The entries of ``nearest`` that score ``min_score`` or more, in their order."""
+    return [entry for entry in nearest if entry.score >= min_score]
 
 
 def format_entries(entries: Sequence[Answer]) -> str:

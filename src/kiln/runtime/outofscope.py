@@ -45,6 +45,11 @@ class OutOfScopeScorer:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"out-of-scope method must be one of {METHODS}, got {self.method!r}")
+        # Scores are computed in float64; the statistics are cast once here, not on every call.
+        for name in ("class_means", "precision", "bank"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, np.asarray(value, dtype=np.float64))
 
     @property
     def needs_embedding(self) -> bool:
@@ -59,9 +64,7 @@ class OutOfScopeScorer:
         """
         logits = np.asarray(logits, dtype=np.float64)
         if self.method == "msp":
-            shifted = logits - logits.max(axis=1, keepdims=True)
-            probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-            return np.asarray(1.0 - probs.max(axis=1))
+            return np.asarray(1.0 - softmax(logits).max(axis=1))
         if self.method == "energy":
             top = logits.max(axis=1)
             return np.asarray(-(top + np.log(np.exp(logits - top[:, None]).sum(axis=1))))
@@ -70,15 +73,14 @@ class OutOfScopeScorer:
         x = np.asarray(embeddings, dtype=np.float64)
         if self.method == "mahalanobis":
             assert self.class_means is not None and self.precision is not None
-            means = self.class_means.astype(np.float64)
-            precision = self.precision.astype(np.float64)
+            means, precision = self.class_means, self.precision
             xp = x @ precision
             # (x-m)P(x-m) = xPx - 2xPm + mPm for every class at once.
             dist = (xp * x).sum(1)[:, None] - 2 * xp @ means.T + ((means @ precision) * means).sum(1)[None, :]
             return np.asarray(dist.min(axis=1))
         assert self.bank is not None
         unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        sims = unit @ self.bank.astype(np.float64).T
+        sims = unit @ self.bank.T
         k = min(self.k, sims.shape[1])
         kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
         return np.asarray(1.0 - kth)
@@ -105,6 +107,13 @@ class OutOfScopeScorer:
         if self.needs_embedding:
             out["file"] = STATS_FILE
         return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities of each row of ``logits`` (in their dtype)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return np.asarray(exp / exp.sum(axis=1, keepdims=True))
 
 
 def fit_scorer(method: str, embeddings: np.ndarray | None, labels: np.ndarray, *, k: int = 10) -> OutOfScopeScorer:

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from kiln.errors import HTTPProblem, KilnError
+from kiln.runtime.grounding import answering_entries
 from kiln.serve import grounded
 from kiln.serve.rest import ERRORS, service_of
 
@@ -112,13 +113,20 @@ async def _answer(name: str, body: AnswerRequest, request: Request) -> Any:
         return dict(out, handoff=True, reason="low_confidence",
                     detail=f"confidence below the calibrated {app['handoff_threshold']:.3f}")
     index = await _faq_index(request, model)
-    (match,) = await asyncio.to_thread(index.search, [text])
+    grounding = app.get("grounding")
+    if grounding is None:
+        nearest = await asyncio.to_thread(index.search, [text])
+    else:  # the message is encoded once: its nearest entry decides, its top_k ground the answer
+        nearest = await asyncio.to_thread(index.search_top, text, grounding["top_k"])
+    match = nearest[0]
     out.update(faq_question=match.question, answer_score=match.score)
     if match.score < app["min_answer_score"]:
         return dict(out, handoff=True, reason="no_faq_match",
                     detail=f"no FAQ question closer than {app['min_answer_score']}")
-    if "grounding" in app:
-        return await grounded.generated_answer(request, out, text=text, index=index, app=app, is_streamed=body.stream)
+    if grounding is not None:
+        entries = answering_entries(nearest, min_score=app["min_answer_score"])
+        return await grounded.generated_answer(request, out, text=text, entries=entries, app=app,
+                                               is_streamed=body.stream)
     return dict(out, answer=match.answer)
 
 
@@ -130,6 +138,8 @@ async def _faq_index(request: Request, model: Any) -> Any:
     if not hasattr(state, "faq_indexes"):
         state.faq_indexes, state.faq_lock = {}, asyncio.Lock()
     key = str(model.predictor.path)
+    if key in state.faq_indexes:  # loaded: no lock on the request path
+        return state.faq_indexes[key]
     async with state.faq_lock:
         if key not in state.faq_indexes:
             encoder = model.predictor.manifest["app"]["encoder"]

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from kiln.errors import ConfigError, DataError, HTTPProblem, PackageError
-from kiln.runtime.grounding import entry_sources, grounded_messages, retrieve_entries
+from kiln.runtime.grounding import entry_sources, grounded_messages
 from kiln.runtime.preprocessing import InputError
-from kiln.runtime.retrieval import FaqIndex
+from kiln.runtime.retrieval import Answer
 from kiln.serve.batching import BatcherStoppedError, QueueFullError
 from kiln.serve.generation.engine import Finished, GenerationFailedError, SequenceHandle
 from kiln.serve.generation.openai import DONE_EVENT, ClientGoneError, sse_event, unless_disconnected
@@ -42,17 +42,15 @@ async def generated_answer(
     out: dict[str, Any],
     *,
     text: str,
-    index: FaqIndex,
+    entries: Sequence[Answer],
     app: Mapping[str, Any],
     is_streamed: bool,
 ) -> Any:
-    """Answer ``text`` in the chat model's words from the nearest FAQ entries; ``out`` holds the
-    classifier's part of the answer (model, version, intent, confidence, ...)."""
+    """Answer ``text`` in the chat model's words from ``entries``, the nearest FAQ entries that
+    score ``min_answer_score`` or more; ``out`` holds the classifier's part of the answer (model,
+    version, intent, confidence, ...)."""
     service: InferenceService = request.app.state.service
     grounding = app["grounding"]
-    entries = await asyncio.to_thread(
-        retrieve_entries, index, text, top_k=grounding["top_k"], min_score=app["min_answer_score"]
-    )
     loaded = await chat_version(request, service, grounding["chat"]["name"], grounding["chat"]["source"])
     chat = loaded.model
     labels = (chat.name, str(chat.version))
